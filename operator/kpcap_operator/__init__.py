@@ -1,0 +1,1 @@
+"""kpcap_operator."""
