@@ -1,0 +1,136 @@
+"""The capture loop: frames from a PacketSource, checked, counted and streamed to a pcap writer.
+
+Limits (all enforced here, whatever the source):
+
+- ``packet_limit``: never more than N packets written; the capture ends when the N-th is written.
+- ``byte_limit`` (optional): counts captured packet data, the sum of the records' ``incl_len``
+  (not the 24-byte global header nor the 16-byte record headers). The file's packet data never
+  exceeds it; the capture ends when the next accepted packet would exceed it (or it is reached
+  exactly), so it ends within one packet of the limit.
+- ``time_limit`` seconds, measured on ``clock`` from the start of the loop: the capture ends within
+  ``poll_interval`` (0.2 s) of it even when no packet arrives, because the source is asked for
+  frames with a timeout.
+- ``stop_event`` (SIGTERM handler, operator's stop request) ends it early, within ``poll_interval``;
+  what was captured is kept.
+
+``accept`` is a second, userspace check of each frame (the kernel BPF filter is the first): a
+frame it refuses is neither written nor counted. It is given the frame as it will be written (for
+VLAN traffic: with its 802.1Q tag).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from kpcap_agent.packetsource import PacketSource, SourceExhausted
+
+DEFAULT_POLL_INTERVAL = 0.2
+
+
+class StopReason(enum.StrEnum):
+    PACKET_LIMIT = "packet_limit"
+    BYTE_LIMIT = "byte_limit"
+    TIME_LIMIT = "time_limit"
+    STOPPED = "stopped"
+    END_OF_SOURCE = "end_of_source"  # a finite source (pcap file, list) ran out; never live
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureLimits:
+    packet_limit: int
+    time_limit: float
+    byte_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.packet_limit < 1:
+            raise ValueError(f"packet_limit must be at least 1, got {self.packet_limit}")
+        if not self.time_limit > 0:
+            raise ValueError(f"time_limit must be positive, got {self.time_limit}")
+        if self.byte_limit is not None and self.byte_limit < 1:
+            raise ValueError(f"byte_limit must be at least 1, got {self.byte_limit}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureResult:
+    packets: int
+    bytes: int  # packet data written: sum of incl_len (see the module docstring)
+    kernel_drops: int
+    reason: StopReason
+    interfaces: tuple[str, ...]
+    rejected: int  # frames the kernel filter passed but ``accept`` refused
+    duration_seconds: float
+
+
+class FrameWriter(Protocol):
+    """What run_capture needs from a writer; kpcap_agent.pcapfile.PcapWriter is one."""
+
+    def included_length(self, data: bytes) -> int: ...
+
+    def write(self, *, timestamp_ns: int, data: bytes, original_length: int | None = None) -> int: ...
+
+
+def run_capture(
+    *,
+    source: PacketSource,
+    writer: FrameWriter,
+    limits: CaptureLimits,
+    accept: Callable[[bytes], bool],
+    stop_event: threading.Event,
+    clock: Callable[[], float] = time.monotonic,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+) -> CaptureResult:
+    """Capture until a limit is reached or ``stop_event`` is set; the caller opens and closes
+    ``source`` and ``writer`` (closing the writer fsyncs the file)."""
+    started = clock()
+    deadline = started + limits.time_limit
+    packet_limit = limits.packet_limit
+    byte_limit = limits.byte_limit
+    packets = 0
+    packet_bytes = 0
+    rejected = 0
+    reason: StopReason | None = None
+    while reason is None:
+        if stop_event.is_set():
+            reason = StopReason.STOPPED
+            break
+        remaining = deadline - clock()
+        if remaining <= 0:
+            reason = StopReason.TIME_LIMIT
+            break
+        try:
+            frames = source.next_frames(timeout=min(remaining, poll_interval))
+        except SourceExhausted:
+            reason = StopReason.END_OF_SOURCE
+            break
+        for frame in frames:
+            data = frame.data
+            if not accept(data):
+                rejected += 1
+                continue
+            size = writer.included_length(data)
+            if byte_limit is not None and packet_bytes + size > byte_limit:
+                reason = StopReason.BYTE_LIMIT
+                break
+            writer.write(timestamp_ns=frame.timestamp_ns, data=data, original_length=frame.original_length)
+            packets += 1
+            packet_bytes += size
+            if packets >= packet_limit:
+                reason = StopReason.PACKET_LIMIT
+                break
+            if packet_bytes == byte_limit:  # no further packet can fit
+                reason = StopReason.BYTE_LIMIT
+                break
+    return CaptureResult(
+        packets=packets,
+        bytes=packet_bytes,
+        kernel_drops=source.kernel_drops(),
+        reason=reason,
+        interfaces=source.interfaces,
+        rejected=rejected,
+        duration_seconds=clock() - started,
+    )

@@ -1,0 +1,168 @@
+"""Streaming classic-libpcap files: a writer for captures and a reader for replays.
+
+Format written (the classic one every tool reads: tcpdump -r, tshark -r, mergecap, scapy rdpcap):
+
+- global header, 24 bytes, native byte order: magic ``0xa1b23c4d`` (nanosecond timestamps),
+  version 2.4, thiszone 0, sigfigs 0, snaplen, linktype (1 = Ethernet);
+- per packet a 16-byte record header (seconds, nanoseconds, ``incl_len``, ``orig_len``) followed by
+  ``incl_len`` bytes of packet data.
+
+What "bytes" means: :attr:`PcapWriter.packet_bytes` (and a capture's ``byteLimit``) counts captured
+packet data only, i.e. the sum of ``incl_len`` over the records. It does not count the 24-byte global
+header nor the 16-byte record headers, so a file holding N packets is
+``24 + 16 * N + packet_bytes`` bytes long.
+
+Records are written as they arrive through a fixed-size write buffer (write-through, buffered), so
+memory stays flat whatever the limits; :meth:`PcapWriter.close` flushes and fsyncs so a file that
+was closed is on disk even if the node goes down right after.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Final, Self
+
+NANOSECOND_MAGIC: Final = 0xA1B23C4D
+MICROSECOND_MAGIC: Final = 0xA1B2C3D4
+LINKTYPE_ETHERNET: Final = 1
+DEFAULT_SNAPLEN: Final = 262144  # tcpdump's default: whole frames, including GRO super-packets
+_VERSION_MAJOR: Final = 2
+_VERSION_MINOR: Final = 4
+_WRITE_BUFFER_BYTES: Final = 1 << 20
+
+_GLOBAL_HEADER: Final = struct.Struct("=IHHiIII")
+_RECORD_HEADER: Final = struct.Struct("=IIII")
+GLOBAL_HEADER_LENGTH: Final = _GLOBAL_HEADER.size
+RECORD_HEADER_LENGTH: Final = _RECORD_HEADER.size
+_NANOSECONDS_PER_SECOND: Final = 1_000_000_000
+
+
+class PcapFormatError(ValueError):
+    """The file is not a classic libpcap file this module can read."""
+
+
+class PcapWriter:
+    """Appends packets to a new classic-libpcap file (nanosecond timestamps).
+
+    Frames longer than ``snaplen`` are truncated to it (``incl_len`` = snaplen, ``orig_len`` kept).
+    Counts :attr:`packets` and :attr:`packet_bytes` (sum of ``incl_len``, see the module docstring).
+    """
+
+    def __init__(self, *, path: Path, snaplen: int = DEFAULT_SNAPLEN, linktype: int = LINKTYPE_ETHERNET) -> None:
+        if not 1 <= snaplen <= 0x7FFFFFFF:
+            raise ValueError(f"snaplen must be in 1..2**31-1, got {snaplen}")
+        self.path: Final = path
+        self.snaplen: Final = snaplen
+        self.linktype: Final = linktype
+        self.packets = 0
+        self.packet_bytes = 0
+        # Exclusive create: a capture never silently overwrites an earlier file.
+        self._file: BinaryIO | None = path.open("xb", buffering=_WRITE_BUFFER_BYTES)
+        self._file.write(
+            _GLOBAL_HEADER.pack(NANOSECOND_MAGIC, _VERSION_MAJOR, _VERSION_MINOR, 0, 0, snaplen, linktype)
+        )
+
+    def write(self, *, timestamp_ns: int, data: bytes, original_length: int | None = None) -> int:
+        """Append one record; returns the number of packet-data bytes written (its ``incl_len``)."""
+        if self._file is None:
+            raise ValueError(f"pcap file {self.path} is closed")
+        included = data if len(data) <= self.snaplen else data[: self.snaplen]
+        included_length = len(included)
+        seconds, nanoseconds = divmod(timestamp_ns, _NANOSECONDS_PER_SECOND)
+        self._file.write(
+            _RECORD_HEADER.pack(
+                seconds, nanoseconds, included_length, max(original_length or 0, len(data))
+            )
+        )
+        self._file.write(included)
+        self.packets += 1
+        self.packet_bytes += included_length
+        return included_length
+
+    def included_length(self, data: bytes) -> int:
+        """The ``incl_len`` that :meth:`write` would give this frame (what counts against byteLimit)."""
+        return min(len(data), self.snaplen)
+
+    def close(self) -> None:
+        """Flush, fsync and close; idempotent."""
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        try:
+            file.flush()
+            os.fsync(file.fileno())
+        finally:
+            file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PcapRecord:
+    timestamp_ns: int
+    data: bytes
+    original_length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PcapHeader:
+    snaplen: int
+    linktype: int
+    nanosecond_timestamps: bool
+
+
+def read_pcap_header(file: BinaryIO) -> tuple[PcapHeader, str]:
+    """Read the global header; returns it and the struct byte-order prefix of the file."""
+    raw = file.read(GLOBAL_HEADER_LENGTH)
+    if len(raw) != GLOBAL_HEADER_LENGTH:
+        raise PcapFormatError("file is shorter than a pcap global header")
+    for byte_order in ("<", ">"):
+        (magic,) = struct.unpack_from(byte_order + "I", raw)
+        if magic in (NANOSECOND_MAGIC, MICROSECOND_MAGIC):
+            _, _, _, _, _, snaplen, linktype = struct.unpack(byte_order + "IHHiIII", raw)
+            header = PcapHeader(
+                snaplen=snaplen, linktype=linktype, nanosecond_timestamps=magic == NANOSECOND_MAGIC
+            )
+            return header, byte_order
+    raise PcapFormatError(f"not a classic pcap file (magic {raw[:4].hex()}); pcapng is not supported")
+
+
+def iter_pcap_records(path: Path) -> Iterator[PcapRecord]:
+    """Yield the records of a classic pcap file one at a time (memory flat whatever its size)."""
+    with path.open("rb") as file:
+        header, byte_order = read_pcap_header(file)
+        record_header = struct.Struct(byte_order + "IIII")
+        fraction_to_ns = 1 if header.nanosecond_timestamps else 1000
+        while True:
+            raw = file.read(record_header.size)
+            if not raw:
+                return
+            if len(raw) != record_header.size:
+                raise PcapFormatError(f"{path}: truncated record header")
+            seconds, fraction, included_length, original_length = record_header.unpack(raw)
+            data = file.read(included_length)
+            if len(data) != included_length:
+                raise PcapFormatError(f"{path}: truncated record data")
+            yield PcapRecord(
+                timestamp_ns=seconds * _NANOSECONDS_PER_SECOND + fraction * fraction_to_ns,
+                data=data,
+                original_length=original_length,
+            )

@@ -1,0 +1,50 @@
+"""The first process of a container: bind its volumes, drop privileges, exec the entry point.
+
+Started by the process kubelet as ``unshare --mount --propagation private -- python -m
+kpcap_localcluster.containerinit SPEC.json`` inside the node's network namespace, so the mounts are
+private to this container and vanish with it. The spec file (mode 0600) carries the environment, so
+Secret values never appear on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _mount(args: list[str]) -> None:
+    subprocess.run(["mount", *args], check=True)
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    for mount in spec["mounts"]:
+        _mount(["--bind", mount["source"], mount["target"]])
+        if mount["read_only"]:
+            _mount(["-o", "remount,bind,ro", mount["target"]])
+    if spec.get("working_dir"):
+        os.chdir(spec["working_dir"])
+    argv: list[str] = ["setpriv"]
+    caps = spec["capabilities"]
+    if caps is not None:
+        cap_list = ",".join(["-all", *(f"+{c.lower()}" for c in sorted(caps))])
+        argv += [f"--bounding-set={cap_list}", f"--inh-caps={cap_list}"]
+        if spec.get("run_as_user"):
+            argv += [f"--ambient-caps={cap_list}"]
+    if spec.get("run_as_user") is not None:
+        group = spec.get("run_as_group")
+        argv += [
+            f"--reuid={spec['run_as_user']}",
+            f"--regid={group if group is not None else spec['run_as_user']}",
+            "--clear-groups",
+        ]
+    argv += ["--", *spec["argv"]]
+    sys.stdout.flush()
+    os.execvpe("setpriv", argv, spec["env"])  # noqa: S606 - argv from the pod spec, no shell
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""etcd, kube-apiserver, kube-controller-manager and kube-scheduler as local processes.
+
+The apiserver serves HTTPS on the cluster bridge's address (nodes reach it there; a loopback
+advertise address is refused for the ``kubernetes`` Service's endpoints), authenticates static
+tokens and ServiceAccount tokens, authorises with Node and RBAC, issues bound ServiceAccount tokens,
+and resolves admission webhooks' Services through their Endpoints (there is no kube-proxy here).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kpcap_localcluster.binaries import ControlPlaneBinaries
+from kpcap_localcluster.pki import ClusterPki, Identity
+from kpcap_localcluster.processes import ManagedProcess, spawn
+
+log = logging.getLogger(__name__)
+
+SERVICE_CIDR = "198.19.0.0/16"  # never routed: Service IPs exist only as API objects here
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+KUBERNETES_SERVICE_IP = "198.19.0.1"
+APISERVER_PORT = 6443
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def write_kubeconfig(*, path: Path, server: str, ca_pem: bytes, identity: Identity) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "kpcap-local",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
+        "users": [{"name": identity.user, "user": {"token": identity.token}}],
+        "contexts": [{"name": "kpcap-local", "context": {"cluster": "kpcap-local", "user": identity.user}}],
+        "current-context": "kpcap-local",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass(slots=True)
+class ControlPlane:
+    """The running control-plane processes and how to reach the apiserver."""
+
+    server: str
+    admin_kubeconfig: Path
+    admin: Identity
+    pki: ClusterPki
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def stop(self) -> None:
+        # Reverse start order: clients of the apiserver first, etcd last.
+        for proc in reversed(self.processes):
+            proc.stop(grace=10)
+        self.processes.clear()
+
+    def assert_running(self) -> None:
+        for proc in self.processes:
+            if not proc.alive():
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.popen.returncode}; last lines of {proc.log_path}:\n"
+                    f"{proc.log_tail()}"
+                )
+
+
+def _get(url: str, *, token: str, ca_file: Path, timeout: float = 2.0) -> tuple[int, str]:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:  # noqa: S310
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read().decode(errors="replace")
+
+
+def _wait(what: str, check: Callable[[], bool], *, timeout: float, procs: Sequence[ManagedProcess]) -> None:
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}; "
+                    f"last lines of {proc.log_path}:\n{proc.log_tail()}"
+                )
+        try:
+            if check():
+                return
+        except (OSError, ValueError) as err:
+            last_error = str(err)
+        time.sleep(0.25)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} {last_error}".strip())
+
+
+def start_control_plane(
+    *,
+    binaries: ControlPlaneBinaries,
+    pki: ClusterPki,
+    identities: dict[str, Identity],
+    bind_address: str,
+    state_dir: Path,
+    run_id: str,
+    timeout: float = 120.0,
+) -> ControlPlane:
+    """Start etcd and the three Kubernetes components; returns when the apiserver is ready."""
+    logs = state_dir / "logs"
+    etcd_port, etcd_peer_port = free_port(), free_port()
+    etcd = spawn(
+        name="etcd",
+        argv=[
+            str(binaries.etcd),
+            f"--data-dir={state_dir / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer_port}",
+            f"--initial-cluster=default=http://127.0.0.1:{etcd_peer_port}",
+            "--unsafe-no-fsync",  # test data: durability across power loss is not needed
+            "--log-level=warn",
+        ],
+        log_path=logs / "etcd.log",
+        run_id=run_id,
+    )
+    server = f"https://{bind_address}:{APISERVER_PORT}"
+    plane = ControlPlane(
+        server=server,
+        admin_kubeconfig=state_dir / "admin.kubeconfig",
+        admin=identities["admin"],
+        pki=pki,
+        processes=[etcd],
+    )
+    try:
+        apiserver = spawn(
+            name="kube-apiserver",
+            argv=[
+                str(binaries.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                f"--bind-address={bind_address}",
+                f"--advertise-address={bind_address}",
+                f"--secure-port={APISERVER_PORT}",
+                "--insecure-port=0",
+                f"--cert-dir={state_dir / 'apiserver-certs'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                f"--token-auth-file={pki.token_file}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.sa_public_key}",
+                f"--service-account-signing-key-file={pki.sa_private_key}",
+                f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # Webhook Services resolve to their endpoints' IPs: no kube-proxy, no ClusterIP routing.
+                "--enable-aggregator-routing=true",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+            log_path=logs / "kube-apiserver.log",
+            run_id=run_id,
+        )
+        plane.processes.append(apiserver)
+        admin = identities["admin"]
+        _wait(
+            "kube-apiserver /readyz",
+            lambda: _get(f"{server}/readyz", token=admin.token, ca_file=pki.ca_cert)[0] == 200,
+            timeout=timeout,
+            procs=plane.processes,
+        )
+        write_kubeconfig(path=plane.admin_kubeconfig, server=server, ca_pem=pki.ca_pem, identity=admin)
+        kcm_config = write_kubeconfig(
+            path=state_dir / "kube-controller-manager.kubeconfig",
+            server=server,
+            ca_pem=pki.ca_pem,
+            identity=identities["kube-controller-manager"],
+        )
+        plane.processes.append(
+            spawn(
+                name="kube-controller-manager",
+                argv=[
+                    str(binaries.kube_controller_manager),
+                    f"--kubeconfig={kcm_config}",
+                    "--leader-elect=false",
+                    "--port=0",
+                    "--secure-port=0",
+                    "--use-service-account-credentials=true",
+                    f"--service-account-private-key-file={pki.sa_private_key}",
+                    f"--root-ca-file={pki.ca_cert}",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    # Pods of a deleted node are evicted promptly; the default (5 min) outlasts tests.
+                    "--pod-eviction-timeout=30s",
+                    "--v=1",
+                ],
+                log_path=logs / "kube-controller-manager.log",
+                run_id=run_id,
+            )
+        )
+        scheduler_config = write_kubeconfig(
+            path=state_dir / "kube-scheduler.kubeconfig",
+            server=server,
+            ca_pem=pki.ca_pem,
+            identity=identities["kube-scheduler"],
+        )
+        plane.processes.append(
+            spawn(
+                name="kube-scheduler",
+                argv=[
+                    str(binaries.kube_scheduler),
+                    f"--kubeconfig={scheduler_config}",
+                    "--leader-elect=false",
+                    "--port=0",
+                    "--secure-port=0",
+                    "--v=1",
+                ],
+                log_path=logs / "kube-scheduler.log",
+                run_id=run_id,
+            )
+        )
+
+        def default_service_account_ready() -> bool:
+            # The token controller has run once the default ServiceAccount has its token secret.
+            status, body = _get(
+                f"{server}/api/v1/namespaces/default/serviceaccounts/default",
+                token=admin.token,
+                ca_file=pki.ca_cert,
+            )
+            return status == 200 and bool(json.loads(body).get("secrets"))
+
+        _wait(
+            "the controller manager (default ServiceAccount token)",
+            default_service_account_ready,
+            timeout=timeout,
+            procs=plane.processes,
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            plane.stop()
+        raise
+    return plane

@@ -1,0 +1,793 @@
+"""The process kubelet: keeps one simulated Node Ready and runs its pods as local processes.
+
+Runs inside the node's network namespace (``ip netns exec``), so every container it starts has
+hostNetwork semantics: it sees the node's interfaces and address. It authenticates as
+``system:node:<name>``, so the Node authoriser and NodeRestriction limit it as they limit a real
+kubelet (its own Node and Lease, pods bound to it, their Secrets, ConfigMaps and tokens).
+
+What it does: registers the Node (labels, taints), renews its Lease and Ready condition, watches
+pods bound to the node, prepares volumes (emptyDir, Secret, ConfigMap, downward API, hostPath and a
+ServiceAccount token from the TokenRequest API), starts containers whose image it knows, restarts
+them per restartPolicy with back-off, reports pod status, and on deletion sends SIGTERM, then
+SIGKILL after the grace period, then removes the pod. Images it does not know leave the pod Pending
+with reason ``ImageNotKnown``. Each container's output goes to ``<pod dir>/<container>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+from kpcap_localcluster import podspec
+from kpcap_localcluster.podspec import ContainerPlan, Json, PodSpecError
+from kpcap_localcluster.processes import RUN_MARKER
+
+log = logging.getLogger("kubelet")
+
+LEASE_SECONDS = 40
+HEARTBEAT_SECONDS = 5.0
+KUBELET_VERSION = "v1.20.2-kpcap-process"
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_micro() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class KubeletConfig:
+    node_name: str
+    node_ip: str
+    kubeconfig: str
+    state_dir: str
+    api_host: str
+    api_port: int
+    labels: Mapping[str, str]
+    taints: tuple[Json, ...]
+    images: Mapping[str, tuple[str, ...]]
+    run_id: str
+    restart_backoff_base: float = 1.0
+    restart_backoff_max: float = 16.0
+
+    @staticmethod
+    def load(path: Path) -> KubeletConfig:
+        raw = json.loads(path.read_text())
+        raw["taints"] = tuple(raw.get("taints", ()))
+        raw["images"] = {k: tuple(v) for k, v in raw["images"].items()}
+        return KubeletConfig(**raw)
+
+
+class Api:
+    """The kubelet's view of the apiserver (as system:node:<name>)."""
+
+    def __init__(self, cfg: KubeletConfig) -> None:
+        api_client = config.new_client_from_config(config_file=cfg.kubeconfig)
+        self.client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+
+    def to_json(self, obj: Any) -> Json:
+        data: Json = self.client.sanitize_for_serialization(obj)
+        return data
+
+
+class Container:
+    """One container's process and its history (restarts, last state)."""
+
+    def __init__(self, plan: ContainerPlan, log_path: Path, spec_path: Path, image: str) -> None:
+        self.plan = plan
+        self.log_path = log_path
+        self.spec_path = spec_path
+        self.image = image
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.started_at = ""
+        self.restart_count = 0
+        self.state: Json = {"waiting": {"reason": "ContainerCreating"}}
+        self.last_state: Json = {}
+        self.next_start = 0.0
+
+    def start(self, *, run_id: str) -> None:
+        self.spec_path.write_text(
+            json.dumps(
+                {
+                    "argv": list(self.plan.argv),
+                    "env": dict(self.plan.env),
+                    "mounts": [
+                        {"source": str(m.source), "target": m.target, "read_only": m.read_only}
+                        for m in self.plan.mounts
+                    ],
+                    "working_dir": self.plan.working_dir,
+                    "run_as_user": self.plan.run_as_user,
+                    "run_as_group": self.plan.run_as_group,
+                    "capabilities": None if self.plan.capabilities is None else sorted(self.plan.capabilities),
+                }
+            )
+        )
+        self.spec_path.chmod(0o600)
+        with self.log_path.open("ab") as out:
+            out.write(f"--- {now_rfc3339()} starting {self.plan.name}: {list(self.plan.argv)}\n".encode())
+            if self.plan.extra.get("note"):
+                out.write(f"--- note: {self.plan.extra['note']}\n".encode())
+            out.flush()
+            self.popen = subprocess.Popen(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    sys.executable,
+                    "-m",
+                    "kpcap_localcluster.containerinit",
+                    str(self.spec_path),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), RUN_MARKER: run_id},
+                start_new_session=True,
+            )
+        self.started_at = now_rfc3339()
+        self.state = {"running": {"startedAt": self.started_at}}
+
+    def poll(self) -> int | None:
+        if self.popen is None:
+            return None
+        code = self.popen.poll()
+        if code is not None and "running" in self.state:
+            self.state = {
+                "terminated": {
+                    "exitCode": code if code >= 0 else 128 - code,
+                    "reason": "Completed" if code == 0 else "Error",
+                    "startedAt": self.started_at,
+                    "finishedAt": now_rfc3339(),
+                }
+            }
+        return code
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
+    def status(self) -> Json:
+        running = "running" in self.state
+        status: Json = {
+            "name": self.plan.name,
+            "image": self.image,
+            "imageID": f"process://{self.image}",
+            "ready": running,
+            "started": running,
+            "restartCount": self.restart_count,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
+        if self.popen is not None:
+            status["containerID"] = f"process://{self.popen.pid}"
+        return status
+
+
+class PodWorker(threading.Thread):
+    """Runs one pod from first sight to removal."""
+
+    def __init__(self, kubelet: Kubelet, pod: Json) -> None:
+        meta = pod["metadata"]
+        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.kubelet = kubelet
+        self.cfg = kubelet.cfg
+        self.api = kubelet.api
+        self.pod = pod
+        self.uid: str = meta["uid"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.dir = Path(self.cfg.state_dir) / "pods" / f"{self.namespace}_{self.name}_{self.uid}"
+        self.containers: list[Container] = []
+        self.created_dirs: list[Path] = []
+        self.terminate_at: float | None = None
+        self.gone = threading.Event()
+        self.last_status: Json = {}
+        self.token_expiry = 0.0
+
+    # --- lookups through the API (authorised by the Node authoriser) ---------------------------
+
+    def lookup(self, kind: str, name: str, key: str) -> str | None:
+        try:
+            if kind == "Secret":
+                obj = self.api.core.read_namespaced_secret(name, self.namespace)
+                data = {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
+            else:
+                obj = self.api.core.read_namespaced_config_map(name, self.namespace)
+                data = dict(obj.data or {})
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        if key == "*":
+            return "\n".join(f"{k}={v}" for k, v in data.items())
+        return data.get(key)
+
+    def _write_files(self, target: Path, files: Mapping[str, str | bytes]) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        for rel, content in files.items():
+            path = target / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    def _service_account_files(self, *, expiration: int = 3600) -> dict[str, str]:
+        sa = self.pod["spec"].get("serviceAccountName") or "default"
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[],
+                expiration_seconds=expiration,
+                bound_object_ref=client.V1BoundObjectReference(
+                    api_version="v1", kind="Pod", name=self.name, uid=self.uid
+                ),
+            )
+        )
+        token = self.api.core.create_namespaced_service_account_token(sa, self.namespace, request)
+        self.token_expiry = time.monotonic() + expiration * 0.8
+        ca = Path(self.cfg.kubeconfig).with_name("ca.crt").read_text()
+        return {"token": token.status.token, "ca.crt": ca, "namespace": self.namespace}
+
+    def prepare_volumes(self) -> dict[str, Path]:
+        """Materialise each volume as a directory under the pod's directory."""
+        dirs: dict[str, Path] = {}
+        sa_volumes = self._service_account_volume_names()
+        for vol in self.pod["spec"].get("volumes") or []:
+            name = vol["name"]
+            target = self.dir / "volumes" / name
+            if name in sa_volumes:
+                # Credentials come from the TokenRequest API (bound to this pod), not a stored Secret.
+                self._write_files(target, self._service_account_files())
+            elif "emptyDir" in vol:
+                target.mkdir(parents=True, exist_ok=True)
+                target.chmod(0o777)
+            elif "hostPath" in vol:
+                target = Path(vol["hostPath"]["path"])
+            elif "secret" in vol or "configMap" in vol:
+                kind, src = ("Secret", vol["secret"]) if "secret" in vol else ("ConfigMap", vol["configMap"])
+                ref_name = src.get("secretName") or src.get("name")
+                self._write_files(target, self._key_files(kind, ref_name, src))
+            elif "downwardAPI" in vol:
+                self._write_files(target, self._downward_files(vol["downwardAPI"]))
+            elif "projected" in vol:
+                files: dict[str, str | bytes] = {}
+                for source in vol["projected"].get("sources") or []:
+                    if "serviceAccountToken" in source:
+                        sa = self._service_account_files(
+                            expiration=source["serviceAccountToken"].get("expirationSeconds", 3600)
+                        )
+                        files[source["serviceAccountToken"]["path"]] = sa["token"]
+                    elif "secret" in source or "configMap" in source:
+                        kind = "Secret" if "secret" in source else "ConfigMap"
+                        src = source["secret" if kind == "Secret" else "configMap"]
+                        files.update(self._key_files(kind, src["name"], src))
+                    elif "downwardAPI" in source:
+                        files.update(self._downward_files(source["downwardAPI"]))
+                self._write_files(target, files)
+            else:
+                raise PodSpecError(f"volume {name!r}: its type is not supported by the process kubelet")
+            dirs[name] = target
+        return dirs
+
+    def _service_account_volume_names(self) -> set[str]:
+        names = set()
+        for ctr in self.pod["spec"].get("containers", []):
+            for vm in ctr.get("volumeMounts") or []:
+                if vm["mountPath"].rstrip("/") == podspec.SERVICE_ACCOUNT_MOUNT:
+                    names.add(vm["name"])
+        return names
+
+    def _key_files(self, kind: str, ref_name: str, src: Json) -> dict[str, str | bytes]:
+        everything = self.lookup(kind, ref_name, "*")
+        if everything is None:
+            if src.get("optional"):
+                return {}
+            raise PodSpecError(f"{kind} {ref_name!r} referenced by a volume was not found")
+        data = dict(line.partition("=")[::2] for line in everything.splitlines())
+        items = src.get("items")
+        if items:
+            return {item["path"]: data[item["key"]] for item in items if item["key"] in data}
+        return dict(data)
+
+    def _downward_files(self, spec: Json) -> dict[str, str | bytes]:
+        out: dict[str, str | bytes] = {}
+        for item in spec.get("items") or []:
+            if "fieldRef" in item:
+                out[item["path"]] = podspec._field_ref(item["fieldRef"]["fieldPath"], self.pod)  # noqa: SLF001
+        return out
+
+    def _ensure_mount_targets(self, plans: list[ContainerPlan]) -> None:
+        for plan in plans:
+            for mount in plan.mounts:
+                target = Path(mount.target)
+                missing = []
+                probe = target
+                while not probe.exists():
+                    missing.append(probe)
+                    probe = probe.parent
+                target.mkdir(parents=True, exist_ok=True)
+                # Remember what we created on the host so teardown removes exactly that.
+                self.created_dirs.extend(reversed(missing))
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def base_env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": "/root",
+            "HOSTNAME": self.cfg.node_name,
+            "KUBERNETES_SERVICE_HOST": self.cfg.api_host,
+            "KUBERNETES_SERVICE_PORT": str(self.cfg.api_port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.cfg.api_port),
+            "PYTHONUNBUFFERED": "1",
+            RUN_MARKER: self.cfg.run_id,
+        }
+
+    def plan(self, container: Json, volume_dirs: Mapping[str, Path]) -> ContainerPlan:
+        user, group = podspec.run_as(container, self.pod)
+        honoured = _honoured_user(user)
+        note = (
+            f"runAsUser {user} not honoured: {sys.executable} is not reachable for other users on this "
+            "machine; running as uid 0 with only the securityContext's capabilities"
+            if user and honoured is None
+            else ""
+        )
+        return ContainerPlan(
+            name=container["name"],
+            argv=podspec.resolve_argv(container=container, images=self.cfg.images),
+            env=podspec.resolve_env(
+                container=container, pod=self.pod, lookup=self.lookup, base=self.base_env()
+            ),
+            mounts=podspec.volume_mounts(container=container, volume_dirs=volume_dirs),
+            working_dir=container.get("workingDir"),
+            run_as_user=honoured,
+            run_as_group=group if honoured is not None else None,
+            capabilities=podspec.capabilities(container),
+            extra={"note": note} if note else {},
+        )
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("pod worker %s/%s crashed", self.namespace, self.name)
+        finally:
+            self.cleanup()
+
+    def _run(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pod.setdefault("status", {})["podIP"] = self.cfg.node_ip
+        self.pod["status"]["hostIP"] = self.cfg.node_ip
+        spec = self.pod["spec"]
+        policy = spec.get("restartPolicy", "Always")
+        try:
+            for ctr in [*(spec.get("initContainers") or []), *spec["containers"]]:
+                podspec.resolve_argv(container=ctr, images=self.cfg.images)
+        except PodSpecError as err:
+            self.report_waiting("ImageNotKnown", str(err))
+            self._wait_for_deletion()
+            return
+        try:
+            volume_dirs = self.prepare_volumes()
+            init_plans = [self.plan(c, volume_dirs) for c in spec.get("initContainers") or []]
+            plans = [self.plan(c, volume_dirs) for c in spec["containers"]]
+        except (PodSpecError, ApiException) as err:
+            reason = "CreateContainerConfigError"
+            self.report_waiting(reason, str(err) if isinstance(err, PodSpecError) else err.reason)
+            self._wait_for_deletion()
+            return
+        self._ensure_mount_targets([*init_plans, *plans])
+        self.pod["status"]["startTime"] = now_rfc3339()
+        images = {c["name"]: c["image"] for c in [*(spec.get("initContainers") or []), *spec["containers"]]}
+        for init in init_plans:
+            ctr = self._container(init, images[init.name])
+            if not self._run_to_completion(ctr, policy):
+                return
+        self.containers = [self._container(p, images[p.name]) for p in plans]
+        for ctr in self.containers:
+            ctr.start(run_id=self.cfg.run_id)
+        self.report(init_done=True)
+        while not self.gone.is_set():
+            if self.terminate_at is not None:
+                self._terminate()
+                return
+            changed = False
+            for ctr in self.containers:
+                code = ctr.poll()
+                if code is not None and "terminated" in ctr.state and ctr.next_start == 0.0:
+                    changed = True
+                    exit_code = ctr.state["terminated"]["exitCode"]
+                    if podspec.restart_wanted(policy=policy, exit_code=exit_code):
+                        delay = min(
+                            self.cfg.restart_backoff_base * 2**ctr.restart_count, self.cfg.restart_backoff_max
+                        )
+                        ctr.next_start = time.monotonic() + delay
+                        log.info("%s/%s: %s exited %s, restart in %.0fs", self.namespace, self.name,
+                                 ctr.plan.name, exit_code, delay)
+                elif ctr.next_start and time.monotonic() >= ctr.next_start:
+                    ctr.last_state = ctr.state
+                    ctr.restart_count += 1
+                    ctr.next_start = 0.0
+                    ctr.start(run_id=self.cfg.run_id)
+                    changed = True
+            if self.token_expiry and time.monotonic() > self.token_expiry:
+                self.prepare_volumes()  # refresh the bound ServiceAccount tokens in place
+            if changed:
+                self.report(init_done=True)
+            self.gone.wait(0.2)
+
+    def _container(self, plan: ContainerPlan, image: str) -> Container:
+        return Container(plan, self.dir / f"{plan.name}.log", self.dir / f".{plan.name}.spec.json", image)
+
+    def _run_to_completion(self, ctr: Container, policy: str) -> bool:
+        while True:
+            ctr.start(run_id=self.cfg.run_id)
+            self.report_waiting("PodInitializing", f"init container {ctr.plan.name} running")
+            while ctr.poll() is None:
+                if self.terminate_at is not None or self.gone.is_set():
+                    ctr.signal(signal.SIGKILL)
+                    self._wait_for_deletion()
+                    return False
+                time.sleep(0.2)
+            code = ctr.state["terminated"]["exitCode"]
+            if code == 0:
+                return True
+            if policy == "Never":
+                self.pod["status"]["phase"] = "Failed"
+                self.report_waiting("InitError", f"init container {ctr.plan.name} exited {code}")
+                self._wait_for_deletion()
+                return False
+            ctr.restart_count += 1
+            time.sleep(min(self.cfg.restart_backoff_base * 2**ctr.restart_count, self.cfg.restart_backoff_max))
+
+    def _terminate(self) -> None:
+        grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
+        for ctr in self.containers:
+            ctr.signal(signal.SIGTERM)
+        deadline = time.monotonic() + float(grace)
+        while time.monotonic() < deadline and any(c.poll() is None for c in self.containers):
+            time.sleep(0.1)
+        for ctr in self.containers:
+            if ctr.poll() is None:
+                log.info("%s/%s: %s outlived its %ss grace period, SIGKILL", self.namespace, self.name,
+                         ctr.plan.name, grace)
+            ctr.signal(signal.SIGKILL)
+            if ctr.popen is not None:
+                ctr.popen.wait()
+            ctr.poll()
+        self._delete_pod()
+
+    def _wait_for_deletion(self) -> None:
+        while not self.gone.is_set() and self.terminate_at is None:
+            self.gone.wait(0.5)
+        if self.terminate_at is not None and not self.gone.is_set():
+            self._delete_pod()
+
+    def _delete_pod(self) -> None:
+        with contextlib.suppress(ApiException):
+            self.api.core.delete_namespaced_pod(
+                self.name,
+                self.namespace,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)
+                ),
+            )
+        self.gone.set()
+
+    def kill_now(self) -> None:
+        for ctr in self.containers:
+            ctr.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(c.poll() is None for c in self.containers):
+            time.sleep(0.1)
+        for ctr in self.containers:
+            ctr.signal(signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        self.kill_now()
+        for path in reversed(self.created_dirs):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def report_waiting(self, reason: str, message: str) -> None:
+        spec = self.pod["spec"]
+        statuses = [
+            {
+                "name": c["name"],
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": message}},
+                "lastState": {},
+            }
+            for c in spec["containers"]
+        ]
+        log.warning("%s/%s waiting: %s: %s", self.namespace, self.name, reason, message)
+        self._patch_status(
+            {
+                "phase": self.pod["status"].get("phase", "Pending"),
+                "hostIP": self.cfg.node_ip,
+                "podIP": self.cfg.node_ip,
+                "podIPs": [{"ip": self.cfg.node_ip}],
+                "conditions": self._conditions(ready=False, initialized=False),
+                "containerStatuses": statuses,
+                "message": message,
+                "reason": reason,
+            }
+        )
+
+    def report(self, *, init_done: bool) -> None:
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        statuses = [c.status() for c in self.containers]
+        phase = podspec.pod_phase(policy=policy, states=[s["state"] for s in statuses], init_done=init_done)
+        ready = phase == "Running" and all(s["ready"] for s in statuses)
+        self._patch_status(
+            {
+                "phase": phase,
+                "hostIP": self.cfg.node_ip,
+                "podIP": self.cfg.node_ip,
+                "podIPs": [{"ip": self.cfg.node_ip}],
+                "startTime": self.pod["status"].get("startTime"),
+                "conditions": self._conditions(ready=ready, initialized=init_done),
+                "containerStatuses": statuses,
+                "message": None,
+                "reason": None,
+            }
+        )
+
+    def _conditions(self, *, ready: bool, initialized: bool) -> list[Json]:
+        now = now_rfc3339()
+
+        def cond(kind: str, ok: bool) -> Json:
+            return {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": now}
+
+        return [
+            cond("PodScheduled", True),
+            cond("Initialized", initialized),
+            cond("ContainersReady", ready),
+            cond("Ready", ready),
+        ]
+
+    def _patch_status(self, status: Json) -> None:
+        if status == self.last_status:
+            return
+        try:
+            self.api.core.patch_namespaced_pod_status(self.name, self.namespace, {"status": status})
+            self.last_status = status
+        except ApiException as err:
+            if err.status != 404:
+                log.warning("status of %s/%s not reported: %s", self.namespace, self.name, err.reason)
+
+
+def _honoured_user(user: int | None) -> int | None:
+    """The uid to run as, or None when this machine's interpreter is unreachable for other users.
+
+    Test machines often keep Python under /root (mode 0700). Then a non-root container runs as
+    uid 0 — still with exactly the capabilities its securityContext grants — and says so in its log.
+    """
+    if not user:
+        return user
+    for parent in Path(sys.executable).resolve().parents:
+        if not os.stat(parent).st_mode & 0o001:
+            return None
+    return user
+
+
+class Kubelet:
+    def __init__(self, cfg: KubeletConfig) -> None:
+        self.cfg = cfg
+        self.api = Api(cfg)
+        self.workers: dict[str, PodWorker] = {}
+        self.stopping = threading.Event()
+
+    def register_node(self) -> None:
+        labels = {
+            "kubernetes.io/hostname": self.cfg.node_name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            **self.cfg.labels,
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.cfg.node_name, "labels": labels},
+            "spec": {"taints": list(self.cfg.taints)} if self.cfg.taints else {},
+        }
+        try:
+            self.api.core.create_node(body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        self.post_node_status()
+
+    def post_node_status(self) -> None:
+        now = now_rfc3339()
+
+        def cond(kind: str, status: str, reason: str) -> Json:
+            return {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": reason,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+
+        capacity = {"cpu": "2", "memory": "8Gi", "pods": "110", "ephemeral-storage": "20Gi"}
+        status = {
+            "conditions": [
+                cond("Ready", "True", "KubeletReady"),
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID"),
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": self.cfg.node_ip},
+                {"type": "Hostname", "address": self.cfg.node_name},
+            ],
+            "capacity": capacity,
+            "allocatable": capacity,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": KUBELET_VERSION,
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "containerRuntimeVersion": "process://local",
+                "osImage": "kpcap process kubelet",
+                "kernelVersion": os.uname().release,
+                "machineID": self.cfg.node_name,
+                "systemUUID": self.cfg.node_name,
+                "bootID": self.cfg.run_id,
+            },
+        }
+        self.api.core.patch_node_status(self.cfg.node_name, {"status": status})
+
+    def renew_lease(self) -> None:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.cfg.node_name, "namespace": "kube-node-lease"},
+            "spec": {
+                "holderIdentity": self.cfg.node_name,
+                "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": now_micro(),
+            },
+        }
+        try:
+            self.api.coordination.patch_namespaced_lease(self.cfg.node_name, "kube-node-lease", body)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            self.api.coordination.create_namespaced_lease("kube-node-lease", body)
+
+    def heartbeat_loop(self) -> None:
+        beats = 0
+        while not self.stopping.wait(HEARTBEAT_SECONDS):
+            try:
+                self.renew_lease()
+                beats += 1
+                if beats % 4 == 0:
+                    self.post_node_status()
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the kubelet
+                log.exception("heartbeat failed")
+
+    def on_pod(self, event_type: str, pod: Json) -> None:
+        uid = pod["metadata"]["uid"]
+        worker = self.workers.get(uid)
+        if event_type == "DELETED":
+            if worker is not None:
+                worker.gone.set()
+            return
+        if worker is None or (not worker.is_alive() and worker.gone.is_set()):
+            if pod["metadata"].get("deletionTimestamp") and worker is None:
+                # Never started here: nothing to stop, finish the deletion.
+                worker = PodWorker(self, pod)
+                worker.terminate_at = time.monotonic()
+                worker._delete_pod()  # noqa: SLF001
+                return
+            if worker is not None:
+                return
+            worker = PodWorker(self, pod)
+            self.workers[uid] = worker
+            worker.start()
+            return
+        worker.pod["metadata"] = pod["metadata"]
+        if pod["metadata"].get("deletionTimestamp") and worker.terminate_at is None:
+            worker.terminate_at = time.monotonic()
+
+    def watch_pods(self) -> None:
+        selector = f"spec.nodeName={self.cfg.node_name}"
+        while not self.stopping.is_set():
+            try:
+                listing = self.api.core.list_pod_for_all_namespaces(field_selector=selector)
+                for pod in listing.items:
+                    self.on_pod("ADDED", self.api.to_json(pod))
+                stream = watch.Watch().stream(
+                    self.api.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    resource_version=listing.metadata.resource_version,
+                    timeout_seconds=60,
+                    _request_timeout=90,
+                )
+                for event in stream:
+                    if self.stopping.is_set():
+                        return
+                    self.on_pod(event["type"], self.api.to_json(event["object"]))
+            except Exception:  # noqa: BLE001 - reconnect: the apiserver may restart or expire the watch
+                if not self.stopping.is_set():
+                    log.warning("pod watch interrupted, relisting", exc_info=True)
+                    time.sleep(1)
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        threads = []
+        for worker in list(self.workers.values()):
+            t = threading.Thread(target=worker.kill_now)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(timeout=10)
+        for worker in list(self.workers.values()):
+            worker.cleanup()
+
+    def run(self) -> None:
+        self.register_node()
+        self.renew_lease()
+        threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self.watch_pods, name="pod-watch", daemon=True).start()
+        log.info("node %s ready at %s", self.cfg.node_name, self.cfg.node_ip)
+        self.stopping.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="kpcap process kubelet (one simulated node)")
+    parser.add_argument("config", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    cfg = KubeletConfig.load(args.config)
+    kubelet = Kubelet(cfg)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping every container, then exiting", signum)
+        kubelet.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        kubelet.run()
+    finally:
+        kubelet.shutdown()
+        shutil.rmtree(Path(cfg.state_dir) / "tmp", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Real S3 and GCS protocol servers for tests: moto's S3 server and gcp-storage-emulator.
+
+Both listen on the cluster bridge's address, so capture pods in the node namespaces reach them the
+way they would reach a bucket endpoint, and the real boto3 and google-cloud-storage clients talk to
+them over HTTP.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kpcap_localcluster.processes import ManagedProcess, spawn
+
+
+@dataclass(frozen=True, slots=True)
+class StorageServer:
+    kind: str  # "s3" or "gcs"
+    host: str
+    port: int
+    process: ManagedProcess
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.process.stop(grace=5)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(host: str, port: int, proc: ManagedProcess, *, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{proc.name} did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+def start_s3(*, host: str, log_dir: Path, run_id: str) -> StorageServer:
+    port = _free_port(host)
+    proc = spawn(
+        name="moto-s3",
+        argv=[sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        log_path=log_dir / "moto-s3.log",
+        run_id=run_id,
+    )
+    _wait_listening(host, port, proc)
+    return StorageServer(kind="s3", host=host, port=port, process=proc)
+
+
+def start_gcs(*, host: str, log_dir: Path, run_id: str) -> StorageServer:
+    port = _free_port(host)
+    proc = spawn(
+        name="gcp-storage-emulator",
+        argv=[
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            f"--host={host}",
+            f"--port={port}",
+            "--in-memory",
+        ],
+        log_path=log_dir / "gcs-emulator.log",
+        run_id=run_id,
+    )
+    _wait_listening(host, port, proc)
+    return StorageServer(kind="gcs", host=host, port=port, process=proc)
