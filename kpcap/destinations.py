@@ -53,7 +53,7 @@ REGION_RULE = (
     "a region is 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
 )
 CREDENTIALS_RULE = (
-    "credentials are not accepted in destinationConf; they come from the standard chains (IRSA, GKE "
+    "credentials are not accepted in destinationConf: they come from the standard chains (IRSA, GKE "
     "Workload Identity, the environment) or the Secret named in the chart"
 )
 
@@ -118,10 +118,10 @@ def check_destination(
         fail(f"must not contain whitespace or control characters, got {describe_value(text)}")
         return None, errors
     scheme_text, separator, rest = text.partition("://")
-    if not separator or scheme_text.lower() not in {scheme.value for scheme in DestinationScheme}:
+    if not separator or scheme_text not in {scheme.value for scheme in DestinationScheme}:
         fail(f"{forms}, got {describe_value(text)}")
         return None, errors
-    scheme = DestinationScheme(scheme_text.lower())
+    scheme = DestinationScheme(scheme_text)
 
     rest, hash_sign, _fragment = rest.partition("#")
     if hash_sign:
@@ -131,18 +131,18 @@ def check_destination(
 
     bucket = authority
     if "@" in authority:
-        fail(f"{CREDENTIALS_RULE}; got user information before '@'")
+        fail(f"{CREDENTIALS_RULE}, got user information before '@'")
         bucket = authority.rpartition("@")[2]
     if ":" in bucket:
         fail(f"the bucket must be a bare name without ':port', got {describe_value(bucket)}")
     elif scheme is DestinationScheme.S3 and not _is_s3_bucket(bucket):
-        fail(f"{S3_BUCKET_RULE}; got {describe_value(bucket)}")
+        fail(f"{S3_BUCKET_RULE}, got {describe_value(bucket)}")
     elif scheme is DestinationScheme.GCS and not _is_gcs_bucket(bucket):
-        fail(f"{GCS_BUCKET_RULE}; got {describe_value(bucket)}")
+        fail(f"{GCS_BUCKET_RULE}, got {describe_value(bucket)}")
 
     prefix = path.strip("/")
     if prefix and not _is_prefix(prefix):
-        fail(f"{PREFIX_RULE}; got {describe_value(prefix)}")
+        fail(f"{PREFIX_RULE}, got {describe_value(prefix)}")
 
     region, endpoint = _check_query(query, scheme=scheme, fail=fail)
     if errors:
@@ -233,11 +233,11 @@ def _check_query(query: str, *, scheme: DestinationScheme, fail: _Fail) -> tuple
         value = unquote(raw_value)
         normalized = name.lower().replace("-", "_")
         if any(word in normalized for word in _CREDENTIAL_WORDS):
-            fail(f"{CREDENTIALS_RULE}; got the parameter {describe_value(name)}")
+            fail(f"{CREDENTIALS_RULE}, got the parameter {describe_value(name)}")
         elif scheme is DestinationScheme.GCS:
             fail(f"gs:// destinations take no query parameters, got {describe_value(name)}")
         elif name not in _S3_PARAMETERS:
-            fail(f"unknown parameter {describe_value(name)}; s3:// allows only 'region' and 'endpoint'")
+            fail(f"unknown parameter {describe_value(name)}, s3:// allows only 'region' and 'endpoint'")
         elif name in values:
             fail(f"the parameter {name!r} is given more than once")
         elif not equals or not value:
@@ -246,7 +246,7 @@ def _check_query(query: str, *, scheme: DestinationScheme, fail: _Fail) -> tuple
             values[name] = value
     region = values.get("region")
     if region is not None and _REGION.fullmatch(region) is None:
-        fail(f"{REGION_RULE}; got {describe_value(region)}")
+        fail(f"{REGION_RULE}, got {describe_value(region)}")
         region = None
     endpoint = values.get("endpoint")
     if endpoint is not None:
@@ -266,7 +266,7 @@ def _check_endpoint(endpoint: str, *, fail: _Fail) -> str | None:
         fail(f"{rule}, got {describe_value(endpoint)}")
         return None
     if parts.username is not None or parts.password is not None:
-        fail(f"{CREDENTIALS_RULE}; got user information in the endpoint")
+        fail(f"{CREDENTIALS_RULE}, got user information in the endpoint")
         return None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         fail(f"{rule}, got {describe_value(endpoint)}")

@@ -218,7 +218,7 @@ def parse_spec(spec: object, *, now: datetime | None) -> CaptureSpec:
 
     capture_type = _parse_enum(given("type"), CaptureType, path="spec.type", report=report)
     if given("type") is None:
-        report("spec.type", f"required; must be one of {_quoted(CaptureType)}")
+        report("spec.type", f"required, must be one of {_quoted(CaptureType)}")
     system: CaptureSystem | None = CaptureSystem.HOST_NETWORK
     if given("system") is not None:
         system_text = given("system")
@@ -230,7 +230,7 @@ def parse_spec(spec: object, *, now: datetime | None) -> CaptureSpec:
 
     time_limit = _parse_int(given("timeLimit"), TIME_LIMIT_RANGE, path="spec.timeLimit", report=report)
     if given("timeLimit") is None:
-        report("spec.timeLimit", f"required; must be an integer from {_range(TIME_LIMIT_RANGE)} (seconds)")
+        report("spec.timeLimit", f"required, must be an integer from {_range(TIME_LIMIT_RANGE)} (seconds)")
 
     packet_limit = _parse_int(
         given("packetLimit"), PACKET_LIMIT_RANGE, path="spec.packetLimit", report=report
@@ -239,7 +239,7 @@ def parse_spec(spec: object, *, now: datetime | None) -> CaptureSpec:
         if capture_type is CaptureType.SIMPLE:
             report(
                 "spec.packetLimit",
-                f"required when spec.type is 'simple'; must be an integer from {_range(PACKET_LIMIT_RANGE)}",
+                f"required when spec.type is 'simple', must be an integer from {_range(PACKET_LIMIT_RANGE)}",
             )
         packet_limit = DEFAULT_FULL_PACKET_LIMIT
 
@@ -271,7 +271,7 @@ def parse_spec(spec: object, *, now: datetime | None) -> CaptureSpec:
     elif capture_type is CaptureType.FULL:
         report(
             "spec.destinationConf",
-            "required when spec.type is 'full'; must be 's3://<bucket>/<prefix>?region=<region>' "
+            "required when spec.type is 'full', must be 's3://<bucket>/<prefix>?region=<region>' "
             "or 'gs://<bucket>/<prefix>'",
         )
 
@@ -369,7 +369,7 @@ def _report_unknown_fields(
 ) -> None:
     for name in given:
         if name not in allowed:
-            report(f"{path}.{name}", f"unknown field; the fields of {path} are {', '.join(allowed)}")
+            report(f"{path}.{name}", f"unknown field, the fields of {path} are {', '.join(allowed)}")
 
 
 def _parse_enum(
@@ -464,7 +464,7 @@ def _parse_filter(value: object, *, report: _Report) -> CaptureFilter:
         allowed = ", ".join(f"{number} ({name})" for number, name in PORT_PROTOCOLS.items())
         report(
             f"{path}.protocol",
-            f"must be one of {allowed} when a port is given, as only those carry ports; got {protocol}",
+            f"must be one of {allowed} when a port is given, as only those carry ports, got {protocol}",
         )
     return CaptureFilter(
         source_address=source,

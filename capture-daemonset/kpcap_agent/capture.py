@@ -21,6 +21,7 @@ VLAN traffic: with its 802.1Q tag).
 from __future__ import annotations
 
 import enum
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -67,11 +68,16 @@ class CaptureResult:
 
 
 class FrameWriter(Protocol):
-    """What run_capture needs from a writer; kpcap_agent.pcapfile.PcapWriter is one."""
+    """What run_capture needs from a writer; kpcap_agent.pcapfile.PcapWriter is one.
 
-    def included_length(self, data: bytes) -> int: ...
+    ``write(seconds, nanoseconds, data, original_length)`` stores at most ``snaplen`` bytes of
+    ``data`` and returns how many it stored.
+    """
 
-    def write(self, *, timestamp_ns: int, data: bytes, original_length: int | None = None) -> int: ...
+    @property
+    def snaplen(self) -> int: ...
+
+    def write(self, seconds: int, nanoseconds: int, data: bytes, original_length: int, /) -> int: ...
 
 
 def run_capture(
@@ -89,7 +95,10 @@ def run_capture(
     started = clock()
     deadline = started + limits.time_limit
     packet_limit = limits.packet_limit
-    byte_limit = limits.byte_limit
+    # No byte limit is a limit no capture reaches: one comparison per packet instead of two.
+    byte_limit = limits.byte_limit if limits.byte_limit is not None else sys.maxsize
+    snaplen = writer.snaplen
+    write = writer.write
     packets = 0
     packet_bytes = 0
     rejected = 0
@@ -107,16 +116,18 @@ def run_capture(
         except SourceExhausted:
             reason = StopReason.END_OF_SOURCE
             break
-        for frame in frames:
-            data = frame.data
+        # The per-packet path: kept to plain local operations (it must keep up with tcpdump).
+        for seconds, nanoseconds, data, original_length, _ in frames:
             if not accept(data):
                 rejected += 1
                 continue
-            size = writer.included_length(data)
-            if byte_limit is not None and packet_bytes + size > byte_limit:
+            size = len(data)
+            if size > snaplen:
+                size = snaplen
+            if packet_bytes + size > byte_limit:
                 reason = StopReason.BYTE_LIMIT
                 break
-            writer.write(timestamp_ns=frame.timestamp_ns, data=data, original_length=frame.original_length)
+            write(seconds, nanoseconds, data, original_length)
             packets += 1
             packet_bytes += size
             if packets >= packet_limit:

@@ -12,6 +12,7 @@ Each command prints a line ``READY`` when its output is complete, so tests can p
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -44,6 +45,10 @@ def interfaces() -> None:
 def kube_access(calls: list[str]) -> None:
     host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
     token = (SA_DIR / "token").read_text()
+    # The claims (not the signature) show whether the token is a bound one from the TokenRequest API.
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    print(json.dumps({"claims": claims}), flush=True)
     context = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
     for call in calls:
         verb, _, path = call.partition(":")

@@ -1,0 +1,76 @@
+"""Fixtures shared by every test package.
+
+The local cluster is session-scoped (it takes ~15 s to start) and only started when an ``e2e``
+test asks for it, so ``pytest -m "not e2e"`` needs neither root nor a cluster. At the end of the
+session the cluster is stopped and the teardown itself is checked: a leftover namespace, link or
+process is an error.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from kpcap_localcluster.cluster import LocalCluster, default_nodes
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    cluster = LocalCluster.start(nodes=default_nodes(3))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        left = cluster.leftovers()
+        assert not any(left.values()), f"the local cluster's teardown left {left}"
+
+
+@pytest.fixture(scope="session")
+def api(local_cluster: LocalCluster) -> client.ApiClient:
+    return local_cluster.api_client()
+
+
+@pytest.fixture(scope="session")
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def apps(api: client.ApiClient) -> client.AppsV1Api:
+    return client.AppsV1Api(api)
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace with its default ServiceAccount ready; deleted (and waited for) afterwards."""
+    name = f"t-{secrets.token_hex(4)}"
+    core.create_namespace({"metadata": {"name": name}})
+
+    def default_sa_has_token() -> bool:
+        try:
+            return bool(core.read_namespaced_service_account("default", name).secrets)
+        except client.ApiException:
+            return False
+
+    wait_for(default_sa_has_token, timeout=30, what=f"default ServiceAccount in {name}")
+    yield name
+    core.delete_namespace(name)
