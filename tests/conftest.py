@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client
-
 from kpcap_localcluster.cluster import LocalCluster, default_nodes
+from kubernetes import client
 
 T = TypeVar("T")
 

@@ -48,7 +48,7 @@ def find_binary(name: str) -> Path | None:
     return Path(on_path) if on_path else None
 
 
-class BinariesMissing(RuntimeError):
+class BinariesMissingError(RuntimeError):
     pass
 
 
@@ -60,7 +60,7 @@ def ensure_binaries(*, build: bool = True) -> ControlPlaneBinaries:
         subprocess.run(["bash", str(BUILD_SCRIPT)], check=True)
         missing = [name for name in (*KUBE_BINARIES, "etcd") if find_binary(name) is None]
     if missing:
-        raise BinariesMissing(
+        raise BinariesMissingError(
             f"missing {', '.join(missing)}: set {BIN_DIR_ENV} or {ENVTEST_ENV} to a directory "
             f"holding them, or run {BUILD_SCRIPT} (it builds them into {cache_dir() / 'kube' / 'bin'})"
         )

@@ -305,7 +305,9 @@ class LocalCluster:
                 return node
         raise KeyError(f"no node {name!r} (nodes: {[n.name for n in self.nodes]})")
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
             input=stdin,

@@ -120,7 +120,9 @@ class Container:
                     "working_dir": self.plan.working_dir,
                     "run_as_user": self.plan.run_as_user,
                     "run_as_group": self.plan.run_as_group,
-                    "capabilities": None if self.plan.capabilities is None else sorted(self.plan.capabilities),
+                    "capabilities": None
+                    if self.plan.capabilities is None
+                    else sorted(self.plan.capabilities),
                 }
             )
         )
@@ -315,7 +317,7 @@ class PodWorker(threading.Thread):
         out: dict[str, str | bytes] = {}
         for item in spec.get("items") or []:
             if "fieldRef" in item:
-                out[item["path"]] = podspec._field_ref(item["fieldRef"]["fieldPath"], self.pod)  # noqa: SLF001
+                out[item["path"]] = podspec._field_ref(item["fieldRef"]["fieldPath"], self.pod)
         return out
 
     def _ensure_mount_targets(self, plans: list[ContainerPlan]) -> None:
@@ -424,8 +426,14 @@ class PodWorker(threading.Thread):
                             self.cfg.restart_backoff_base * 2**ctr.restart_count, self.cfg.restart_backoff_max
                         )
                         ctr.next_start = time.monotonic() + delay
-                        log.info("%s/%s: %s exited %s, restart in %.0fs", self.namespace, self.name,
-                                 ctr.plan.name, exit_code, delay)
+                        log.info(
+                            "%s/%s: %s exited %s, restart in %.0fs",
+                            self.namespace,
+                            self.name,
+                            ctr.plan.name,
+                            exit_code,
+                            delay,
+                        )
                 elif ctr.next_start and time.monotonic() >= ctr.next_start:
                     ctr.last_state = ctr.state
                     ctr.restart_count += 1
@@ -460,7 +468,9 @@ class PodWorker(threading.Thread):
                 self._wait_for_deletion()
                 return False
             ctr.restart_count += 1
-            time.sleep(min(self.cfg.restart_backoff_base * 2**ctr.restart_count, self.cfg.restart_backoff_max))
+            time.sleep(
+                min(self.cfg.restart_backoff_base * 2**ctr.restart_count, self.cfg.restart_backoff_max)
+            )
 
     def _terminate(self) -> None:
         grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
@@ -473,8 +483,13 @@ class PodWorker(threading.Thread):
             time.sleep(0.1)
         for ctr in self.containers:
             if ctr.poll() is None:
-                log.info("%s/%s: %s outlived its %ss grace period, SIGKILL", self.namespace, self.name,
-                         ctr.plan.name, grace)
+                log.info(
+                    "%s/%s: %s outlived its %ss grace period, SIGKILL",
+                    self.namespace,
+                    self.name,
+                    ctr.plan.name,
+                    grace,
+                )
             ctr.signal(signal.SIGKILL)
             if ctr.popen is not None:
                 ctr.popen.wait()
@@ -596,7 +611,7 @@ def _honoured_user(user: int | None) -> int | None:
     if not user:
         return user
     for parent in Path(sys.executable).resolve().parents:
-        if not os.stat(parent).st_mode & 0o001:
+        if not parent.stat().st_mode & 0o001:
             return None
     return user
 
@@ -697,7 +712,7 @@ class Kubelet:
                 beats += 1
                 if beats % 4 == 0:
                     self.post_node_status()
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the kubelet
+            except Exception:
                 log.exception("heartbeat failed")
 
     def on_pod(self, event_type: str, pod: Json) -> None:
@@ -712,7 +727,7 @@ class Kubelet:
                 # Never started here: nothing to stop, finish the deletion.
                 worker = PodWorker(self, pod)
                 worker.terminate_at = time.monotonic()
-                worker._delete_pod()  # noqa: SLF001
+                worker._delete_pod()
                 return
             if worker is not None:
                 return
@@ -742,7 +757,7 @@ class Kubelet:
                     if self.stopping.is_set():
                         return
                     self.on_pod(event["type"], self.api.to_json(event["object"]))
-            except Exception:  # noqa: BLE001 - reconnect: the apiserver may restart or expire the watch
+            except Exception:
                 if not self.stopping.is_set():
                     log.warning("pod watch interrupted, relisting", exc_info=True)
                     time.sleep(1)

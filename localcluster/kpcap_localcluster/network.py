@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 NETNS_PREFIX = "kpcap-"
 LINK_PREFIX = "kpc"  # bridges kpcb<rid>, veths kpcv<rid>i<n>: Linux allows 15 characters
-_BASE = ipaddress.ip_network("198.18.0.0/16")
+_BASE = ipaddress.IPv4Network("198.18.0.0/16")
 
 
 def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
@@ -32,17 +32,18 @@ def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
 
 
 def _used_networks() -> set[ipaddress.IPv4Network]:
-    used = set()
+    used: set[ipaddress.IPv4Network] = set()
     for link in json.loads(ip("-j", "-4", "addr", "show") or "[]"):
         for addr in link.get("addr_info", []):
-            used.add(ipaddress.ip_network(f"{addr['local']}/{addr['prefixlen']}", strict=False))
+            used.add(ipaddress.IPv4Network(f"{addr['local']}/{addr['prefixlen']}", strict=False))
     return used
 
 
 def pick_subnet() -> ipaddress.IPv4Network:
     """The first /24 of 198.18.0.0/16 (after .0) that no interface on this machine uses."""
     used = _used_networks()
-    for candidate in list(_BASE.subnets(new_prefix=24))[1:]:
+    candidates: list[ipaddress.IPv4Network] = list(_BASE.subnets(new_prefix=24))[1:]
+    for candidate in candidates:
         if not any(candidate.overlaps(net) for net in used):
             return candidate
     raise RuntimeError("no free /24 left in 198.18.0.0/16 for a local cluster")

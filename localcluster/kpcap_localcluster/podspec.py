@@ -113,8 +113,10 @@ def _field_ref(path: str, pod: Json) -> str:
     raise PodSpecError(f"fieldRef.fieldPath {path!r} is not supported by the process kubelet")
 
 
-def resolve_env(*, container: Json, pod: Json, lookup: ValueLookup, base: Mapping[str, str]) -> dict[str, str]:
-    """The container's environment: ``base``, then ``envFrom``, then ``env`` (later wins, as in Kubernetes)."""
+def resolve_env(
+    *, container: Json, pod: Json, lookup: ValueLookup, base: Mapping[str, str]
+) -> dict[str, str]:
+    """The container's environment: ``base``, then ``envFrom``, then ``env`` (later wins, as in k8s)."""
     env = dict(base)
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")

@@ -120,8 +120,8 @@ def processes_of_run(run_id: str | None = None) -> Iterator[tuple[int, str]]:
             yield int(entry.name), cmdline.strip()
 
 
-def sweep(run_id: str, *, grace: float = 3.0) -> list[str]:
-    """Kill every process left from ``run_id``; returns the command lines that had to be killed."""
+def sweep(run_id: str | None, *, grace: float = 3.0) -> list[str]:
+    """Kill every process left from ``run_id`` (any run when None); returns their command lines."""
     found = list(processes_of_run(run_id))
     for pid, _ in found:
         with contextlib.suppress(ProcessLookupError):

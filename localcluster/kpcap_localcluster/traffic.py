@@ -18,7 +18,9 @@ import time
 ETH_P_ALL = 0x0003
 
 
-def send_udp(*, dst: str, port: int, count: int, payload: bytes, src_port: int = 0, interval: float = 0.0) -> int:
+def send_udp(
+    *, dst: str, port: int, count: int, payload: bytes, src_port: int = 0, interval: float = 0.0
+) -> int:
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         if src_port:

@@ -14,10 +14,10 @@ import boto3
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
-from kubernetes import client
-
 from kpcap_localcluster import network
 from kpcap_localcluster.cluster import LocalCluster, NodeSpec
+from kubernetes import client
+
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -77,8 +77,12 @@ def test_crd_schema_validates_objects(local_cluster: LocalCluster, namespace: st
     custom = client.CustomObjectsApi(local_cluster.api_client())
 
     def widget(size: int) -> dict[str, Any]:
-        return {"apiVersion": "test.kpcap.io/v1", "kind": "Widget", "metadata": {"name": f"w{size}"},
-                "spec": {"size": size}}
+        return {
+            "apiVersion": "test.kpcap.io/v1",
+            "kind": "Widget",
+            "metadata": {"name": f"w{size}"},
+            "spec": {"size": size},
+        }
 
     created = custom.create_namespaced_custom_object("test.kpcap.io", "v1", namespace, "widgets", widget(5))
     assert created["spec"]["size"] == 5
@@ -121,8 +125,11 @@ def test_daemonset_pods_run_in_each_nodes_namespace(
     for pod in pods:
         node = local_cluster.node(pod.spec.node_name)
         assert pod.status.pod_ip == node.address
-        logs = wait_for(lambda p=pod: _logs_with(local_cluster, namespace, p.metadata.name, "READY"),
-                        timeout=30, what=f"{pod.metadata.name} to list its interfaces")
+        logs = wait_for(
+            lambda p=pod: _logs_with(local_cluster, namespace, p.metadata.name, "READY"),
+            timeout=30,
+            what=f"{pod.metadata.name} to list its interfaces",
+        )
         seen = json.loads(next(line for line in logs.splitlines() if line.startswith('{"interfaces"')))
         interfaces = seen["interfaces"]
         assert set(interfaces) == {"lo", "eth0"}, "a pod sees only its own node's interfaces"
@@ -136,21 +143,37 @@ def test_pod_uses_its_service_account_token_and_rbac(
 ) -> None:
     rbac = client.RbacAuthorizationV1Api(local_cluster.api_client())
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
-    rbac.create_namespaced_role(namespace, {
-        "metadata": {"name": "configmap-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
-    })
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-    })
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "configmap-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+    )
     base = f"/api/v1/namespaces/{namespace}"
-    calls = [f"GET:{base}/configmaps", f"GET:{base}/secrets", f"GET:{base}/pods", "GET:/api/v1/nodes",
-             f"POST:{base}/configmaps"]
-    core.create_namespaced_pod(namespace, _pod("access", args=["kube-access", *calls], serviceAccountName="reader"))
-    logs = wait_for(lambda: _logs_with(local_cluster, namespace, "access", "READY"), timeout=60,
-                    what="the pod's API calls")
+    calls = [
+        f"GET:{base}/configmaps",
+        f"GET:{base}/secrets",
+        f"GET:{base}/pods",
+        "GET:/api/v1/nodes",
+        f"POST:{base}/configmaps",
+    ]
+    core.create_namespaced_pod(
+        namespace, _pod("access", args=["kube-access", *calls], serviceAccountName="reader")
+    )
+    logs = wait_for(
+        lambda: _logs_with(local_cluster, namespace, "access", "READY"),
+        timeout=60,
+        what="the pod's API calls",
+    )
     records = [json.loads(line) for line in logs.splitlines() if line.startswith('{"verb"')]
     results = {(r["verb"], r["path"]): r["status"] for r in records}
     assert results == {
@@ -165,17 +188,45 @@ def test_pod_uses_its_service_account_token_and_rbac(
     assert claims["kubernetes.io"]["pod"]["name"] == "access", "a bound token from the TokenRequest API"
 
 
-def test_packet_from_node_a_is_seen_by_a_raw_socket_on_node_b(local_cluster: LocalCluster, tmp_path: Path) -> None:
+def test_packet_from_node_a_is_seen_by_a_raw_socket_on_node_b(
+    local_cluster: LocalCluster, tmp_path: Path
+) -> None:
     a, b = local_cluster.nodes[0], local_cluster.nodes[1]
     marker = f"kpcap-{secrets.token_hex(6)}"
     ready = tmp_path / "ready"
-    listener = local_cluster.popen_in_node(b.name, [
-        sys.executable, "-m", "kpcap_localcluster.traffic", "listen", "--seconds", "4", "--marker", marker,
-        "--ready-file", str(ready),
-    ])
+    listener = local_cluster.popen_in_node(
+        b.name,
+        [
+            sys.executable,
+            "-m",
+            "kpcap_localcluster.traffic",
+            "listen",
+            "--seconds",
+            "4",
+            "--marker",
+            marker,
+            "--ready-file",
+            str(ready),
+        ],
+    )
     wait_for(ready.exists, timeout=10, what="the raw-socket listener")
-    local_cluster.run_in_node(a.name, [sys.executable, "-m", "kpcap_localcluster.traffic", "send",
-                                      "--dst", b.address, "--port", "9999", "--count", "3", "--payload", marker])
+    local_cluster.run_in_node(
+        a.name,
+        [
+            sys.executable,
+            "-m",
+            "kpcap_localcluster.traffic",
+            "send",
+            "--dst",
+            b.address,
+            "--port",
+            "9999",
+            "--count",
+            "3",
+            "--payload",
+            marker,
+        ],
+    )
     out, err = listener.communicate(timeout=20)
     assert listener.returncode == 0, err
     frames = [json.loads(line) for line in out.splitlines()][:-1]
@@ -186,11 +237,28 @@ def test_packet_from_node_a_is_seen_by_a_raw_socket_on_node_b(local_cluster: Loc
     assert {f["interface"] for f in incoming} == {"eth0"}
     # Node C, on the same bridge, is not the destination: the unicast frames never reach it.
     c = local_cluster.nodes[2]
-    listen_c = local_cluster.popen_in_node(c.name, [
-        sys.executable, "-m", "kpcap_localcluster.traffic", "listen", "--seconds", "2", "--marker", marker])
+    listen_c = local_cluster.popen_in_node(
+        c.name,
+        [sys.executable, "-m", "kpcap_localcluster.traffic", "listen", "--seconds", "2", "--marker", marker],
+    )
     time.sleep(0.5)
-    local_cluster.run_in_node(a.name, [sys.executable, "-m", "kpcap_localcluster.traffic", "send",
-                                      "--dst", b.address, "--port", "9999", "--count", "3", "--payload", marker])
+    local_cluster.run_in_node(
+        a.name,
+        [
+            sys.executable,
+            "-m",
+            "kpcap_localcluster.traffic",
+            "send",
+            "--dst",
+            b.address,
+            "--port",
+            "9999",
+            "--count",
+            "3",
+            "--payload",
+            marker,
+        ],
+    )
     out_c, _ = listen_c.communicate(timeout=20)
     assert json.loads(out_c.splitlines()[-1]) == {"matched": 0}
 
@@ -209,10 +277,17 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-@pytest.mark.parametrize(("ignore_sigterm", "grace", "min_s", "max_s"), [(False, 5, 0.0, 2.5), (True, 3, 2.5, 5.0)])
+@pytest.mark.parametrize(
+    ("ignore_sigterm", "grace", "min_s", "max_s"), [(False, 5, 0.0, 2.5), (True, 3, 2.5, 5.0)]
+)
 def test_deleting_a_pod_stops_its_process_within_the_grace_period(
-    local_cluster: LocalCluster, core: client.CoreV1Api, namespace: str,
-    ignore_sigterm: bool, grace: int, min_s: float, max_s: float,
+    local_cluster: LocalCluster,
+    core: client.CoreV1Api,
+    namespace: str,
+    ignore_sigterm: bool,
+    grace: int,
+    min_s: float,
+    max_s: float,
 ) -> None:
     args = ["idle", "--ignore-sigterm"] if ignore_sigterm else ["idle"]
     core.create_namespaced_pod(namespace, _pod("sleeper", args=args, terminationGracePeriodSeconds=grace))
@@ -238,8 +313,12 @@ def test_deleting_a_pod_stops_its_process_within_the_grace_period(
 
 @pytest.mark.parametrize(
     ("policy", "code", "phase", "restarts"),
-    [("Always", 3, "Running", True), ("OnFailure", 3, "Running", True), ("OnFailure", 0, "Succeeded", False),
-     ("Never", 3, "Failed", False)],
+    [
+        ("Always", 3, "Running", True),
+        ("OnFailure", 3, "Running", True),
+        ("OnFailure", 0, "Succeeded", False),
+        ("Never", 3, "Failed", False),
+    ],
 )
 def test_restart_policy(
     core: client.CoreV1Api, namespace: str, policy: str, code: int, phase: str, restarts: bool
@@ -290,14 +369,23 @@ def test_storage_servers_answer_the_real_clients_from_a_node(local_cluster: Loca
         "aws_access_key_id='test',aws_secret_access_key='test');"
         "s3.create_bucket(Bucket=sys.argv[2]);s3.put_object(Bucket=sys.argv[2],Key='k',Body=b'from-node')"
     )
-    local_cluster.run_in_node(local_cluster.nodes[0].name,
-                              [sys.executable, "-c", script, local_cluster.s3.endpoint, bucket])
-    s3 = boto3.client("s3", endpoint_url=local_cluster.s3.endpoint, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")
+    local_cluster.run_in_node(
+        local_cluster.nodes[0].name, [sys.executable, "-c", script, local_cluster.s3.endpoint, bucket]
+    )
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=local_cluster.s3.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"from-node"
 
-    gcs_client = gcs.Client(project="kpcap-test", credentials=AnonymousCredentials(),
-                            client_options={"api_endpoint": local_cluster.gcs.endpoint})
+    gcs_client = gcs.Client(
+        project="kpcap-test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": local_cluster.gcs.endpoint},
+    )
     gcs_client.create_bucket(bucket).blob("k").upload_from_string(b"to-gcs")
     assert gcs_client.bucket(bucket).blob("k").download_as_bytes() == b"to-gcs"
 

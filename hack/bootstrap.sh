@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs for kpcap's tests and demo: Debian packages, the Python venv
+# (pinned by constraints.txt), and the control-plane binaries (built once, cached in ~/.cache/kpcap).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '[bootstrap %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+hack/install-system-deps.sh
+
+PY="${KPCAP_PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.kpcap-installed"
+want="$(sha256sum constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  log "installing Python packages (pinned by constraints.txt)"
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 \
+    | grep -v -E "^WARNING: Location|^ *$" >&2 || true
+  .venv/bin/pip check >&2
+  echo "$want" > "$stamp"
+fi
+
+bash hack/build-kube-binaries.sh
+log "ready"
