@@ -140,7 +140,7 @@ def check_destination(
     elif scheme is DestinationScheme.GCS and not _is_gcs_bucket(bucket):
         fail(f"{GCS_BUCKET_RULE}, got {describe_value(bucket)}")
 
-    prefix = path.strip("/")
+    prefix = path.rstrip("/")  # a trailing slash is harmless; an empty part elsewhere is refused
     if prefix and not _is_prefix(prefix):
         fail(f"{PREFIX_RULE}, got {describe_value(prefix)}")
 

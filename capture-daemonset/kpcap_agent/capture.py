@@ -122,8 +122,7 @@ def run_capture(
                 rejected += 1
                 continue
             size = len(data)
-            if size > snaplen:
-                size = snaplen
+            size = min(size, snaplen)
             if packet_bytes + size > byte_limit:
                 reason = StopReason.BYTE_LIMIT
                 break

@@ -60,6 +60,7 @@ kernel filter, tested in tests/agent/test_live_capture.py:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import mmap
@@ -88,7 +89,6 @@ TP_STATUS_KERNEL: Final = 0
 TP_STATUS_USER: Final = 1
 TP_STATUS_VLAN_VALID: Final = 0x10
 TP_STATUS_VLAN_TPID_VALID: Final = 0x40
-PACKET_OUTGOING: Final = 4
 _SKF_AD_IFINDEX: Final = 0xFFFFF000 + 8  # SKF_AD_OFF (-0x1000) + SKF_AD_IFINDEX, as u32
 _BPF_LD_W_ABS: Final = 0x20
 _BPF_JMP_JEQ_K: Final = 0x15
@@ -99,9 +99,10 @@ _MAX_SELECTED_INTERFACES: Final = 200  # jump offsets in classic BPF are 8-bit
 _TPACKET_REQ3: Final = struct.Struct("=7I")
 _TPACKET_STATS_V3: Final = struct.Struct("=3I")
 _BLOCK_STATUS_OFFSET: Final = 8
-_BLOCK_HEADER: Final = struct.Struct("=4x4xIII")  # version, offset_to_priv, status, num_pkts, first
-# tpacket3_hdr (48 bytes) then sockaddr_ll: next_offset, sec, nsec, snaplen, len, status, mac, (net),
-# (rxhash), vlan_tci, vlan_tpid, (padding), (sll_family, sll_protocol), sll_ifindex
+_BLOCK_HEADER: Final = struct.Struct("=4x4xIII")  # block status, frame count, offset of the first frame
+# Fields read from a frame: the 48-byte tpacket3_hdr, then the sockaddr_ll after it. In order:
+# next offset, seconds, nanoseconds, snaplen, len, status, mac offset, vlan tci, vlan tpid, ifindex
+# (skipped: net offset, rxhash, padding, sll family and protocol).
 _FRAME_HEADER: Final = struct.Struct("=6IH2x4xIH10x4xi")
 _VLAN_TAG: Final = struct.Struct("!HH")
 _ETHERTYPE_IPV4: Final = 0x0800
@@ -166,7 +167,7 @@ class MemorySource:
     def interfaces(self) -> tuple[str, ...]:
         return self.interface_names
 
-    def next_frames(self, *, timeout: float) -> Sequence[Frame]:
+    def next_frames(self, *, timeout: float) -> Sequence[Frame]:  # noqa: ARG002 -- frames are at hand
         if self._iterator is None:
             self._iterator = iter(self.frames)
         batch: list[Frame] = []
@@ -194,9 +195,11 @@ class PcapFileSource:
     def interfaces(self) -> tuple[str, ...]:
         return (f"file:{self._path.name}",)
 
-    def next_frames(self, *, timeout: float) -> Sequence[Frame]:
+    def next_frames(self, *, timeout: float) -> Sequence[Frame]:  # noqa: ARG002 -- frames are at hand
         batch = [
-            Frame.at(timestamp_ns=record.timestamp_ns, data=record.data, original_length=record.original_length)
+            Frame.at(
+                timestamp_ns=record.timestamp_ns, data=record.data, original_length=record.original_length
+            )
             for record, _ in zip(self._records, range(self._batch_size), strict=False)
         ]
         if not batch:
@@ -255,7 +258,10 @@ class CopyFilter:
         # Forget packets not seen for a window (least recently seen first), and bound the memory.
         while seen_packets:
             oldest = next(iter(seen_packets.values()))
-            if oldest.last_seen_ns >= timestamp_ns - self.window_ns and len(seen_packets) < self.max_remembered:
+            if (
+                oldest.last_seen_ns >= timestamp_ns - self.window_ns
+                and len(seen_packets) < self.max_remembered
+            ):
                 break
             seen_packets.popitem(last=False)
         identity = layer3_identity(data)
@@ -281,7 +287,7 @@ def compile_bpf(*, expression: str, snaplen: int) -> list[tuple[int, int, int, i
     The accepting ``ret`` instructions are rewritten to return ``snaplen`` (libpcap's dead handle
     returns scapy's MTU, 65535, which would truncate GRO super-packets).
     """
-    from scapy.arch.common import compile_filter  # noqa: PLC0415 -- scapy import is slow; only live needs it
+    from scapy.arch.common import compile_filter
 
     program = compile_filter(expression, linktype=LINKTYPE_ETHERNET)
     instructions: list[tuple[int, int, int, int]] = []
@@ -318,11 +324,15 @@ def interface_check(
     prefix = [(_BPF_LD_W_ABS, 0, 0, _SKF_AD_IFINDEX)]
     if reject_listed:
         # ld ifindex; jeq each -> ret 0; ja over it; ret 0; <program>
-        prefix += [(_BPF_JMP_JEQ_K, count + 1 - position, 0, index) for position, index in enumerate(selected, 1)]
+        prefix += [
+            (_BPF_JMP_JEQ_K, count + 1 - position, 0, index) for position, index in enumerate(selected, 1)
+        ]
         prefix += [(_BPF_JMP_JA, 0, 0, 1), (_BPF_RET_K, 0, 0, 0)]
     else:
         # ld ifindex; jeq each -> <program>; ret 0; <program>
-        prefix += [(_BPF_JMP_JEQ_K, count + 1 - position, 0, index) for position, index in enumerate(selected, 1)]
+        prefix += [
+            (_BPF_JMP_JEQ_K, count + 1 - position, 0, index) for position, index in enumerate(selected, 1)
+        ]
         prefix += [(_BPF_RET_K, 0, 0, 0)]
     return prefix
 
@@ -338,7 +348,9 @@ def _attach_filter(sock: socket.socket, instructions: Sequence[tuple[int, int, i
 def _bind_all_protocols(sock: socket.socket, *, interface_index: int) -> None:
     # CPython's AF_PACKET bind needs an interface name; ifindex 0 (every interface) needs libc.
     libc = ctypes.CDLL(None, use_errno=True)
-    address = struct.pack("=HHiHBB8s", socket.AF_PACKET, socket.htons(ETH_P_ALL), interface_index, 0, 0, 0, b"")
+    address = struct.pack(
+        "=HHiHBB8s", socket.AF_PACKET, socket.htons(ETH_P_ALL), interface_index, 0, 0, 0, b""
+    )
     if libc.bind(sock.fileno(), ctypes.c_char_p(address), len(address)) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"bind AF_PACKET to ifindex {interface_index}: {os.strerror(error)}")
@@ -444,10 +456,8 @@ class LiveSource:
         return self._drops
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._poller.unregister(self._socket.fileno())
-        except (KeyError, ValueError):
-            pass
         self._ring.close()
         self._socket.close()
 
@@ -471,7 +481,8 @@ def open_live_source(
 
     ``interfaces`` None means every interface except ``exclude_interfaces`` (also those created
     later); otherwise exactly the named ones (``exclude_interfaces`` is then ignored).
-    Needs CAP_NET_RAW (socket) and CAP_NET_ADMIN (SO_LOCK_FILTER is fine without; ring is not).
+    Needs CAP_NET_RAW only (the filter, its lock and the ring need no other capability). Call it
+    in a thread of the namespace to capture: the socket stays there whichever thread reads it.
     """
     program = compile_bpf(expression=filter_expression, snaplen=snaplen)
     if interfaces is not None:

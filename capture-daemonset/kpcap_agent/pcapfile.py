@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -53,7 +53,9 @@ class PcapWriter:
     Counts :attr:`packets` and :attr:`packet_bytes` (sum of ``incl_len``, see the module docstring).
     """
 
-    def __init__(self, *, path: Path, snaplen: int = DEFAULT_SNAPLEN, linktype: int = LINKTYPE_ETHERNET) -> None:
+    def __init__(
+        self, *, path: Path, snaplen: int = DEFAULT_SNAPLEN, linktype: int = LINKTYPE_ETHERNET
+    ) -> None:
         if not 1 <= snaplen <= 0x7FFFFFFF:
             raise ValueError(f"snaplen must be in 1..2**31-1, got {snaplen}")
         self.path: Final = path
@@ -66,7 +68,7 @@ class PcapWriter:
         self._file.write(
             _GLOBAL_HEADER.pack(NANOSECOND_MAGIC, _VERSION_MAJOR, _VERSION_MINOR, 0, 0, snaplen, linktype)
         )
-        self._write = self._file.write
+        self._write: Callable[[bytes], int] = self._file.write
         self._pack_record_header = _RECORD_HEADER.pack
 
     def write(self, seconds: int, nanoseconds: int, data: bytes, original_length: int) -> int:
@@ -77,7 +79,9 @@ class PcapWriter:
         included = data if len(data) <= self.snaplen else data[: self.snaplen]
         included_length = len(included)
         # One write of header + data: cheaper than two buffered writes for small frames.
-        self._write(self._pack_record_header(seconds, nanoseconds, included_length, original_length) + included)
+        self._write(
+            self._pack_record_header(seconds, nanoseconds, included_length, original_length) + included
+        )
         self.packets += 1
         self.packet_bytes += included_length
         return included_length
@@ -115,7 +119,7 @@ class PcapWriter:
         self.close()
 
 
-def _write_to_closed(data: bytes) -> int:
+def _write_to_closed(_data: bytes) -> int:
     raise ValueError("write to a closed pcap file")
 
 

@@ -84,6 +84,8 @@ def main() -> None:
     exit_cmd = sub.add_parser("exit")
     exit_cmd.add_argument("code", type=int)
     exit_cmd.add_argument("seconds", type=float, nargs="?", default=0.0)
+    # Stands in for the capture agent in operator tests: the operator's DaemonSet passes "capture".
+    sub.add_parser("capture")
     idle = sub.add_parser("idle")
     idle.add_argument("--ignore-sigterm", action="store_true")
     args = parser.parse_args()
@@ -96,14 +98,14 @@ def main() -> None:
         time.sleep(args.seconds)
         print("READY", flush=True)
         sys.exit(args.code)
-    elif args.ignore_sigterm:
+    elif args.command == "capture" or not args.ignore_sigterm:
+        print("READY", flush=True)
+        _idle()
+    else:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("READY", flush=True)
         while True:
             time.sleep(1)
-    else:
-        print("READY", flush=True)
-        _idle()
 
 
 if __name__ == "__main__":

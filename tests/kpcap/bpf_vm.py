@@ -38,16 +38,33 @@ def compile_filter(expression: str) -> tuple[Instruction, ...]:
     return tuple(program)
 
 
-class _OutOfBounds(Exception):
+class _OutOfBoundsError(Exception):
     pass
 
 
 def _load(frame: bytes, offset: int, size: int) -> int:
     if offset < 0 or offset + size > len(frame):
-        raise _OutOfBounds
+        raise _OutOfBoundsError
     fmt = {4: "!I", 2: "!H", 1: "!B"}[size]
     value: int = struct.unpack_from(fmt, frame, offset)[0]
     return value
+
+
+def _alu(op: int, a: int, operand: int) -> int:
+    operations = {
+        0x00: lambda: a + operand,
+        0x10: lambda: a - operand,
+        0x20: lambda: a * operand,
+        0x30: lambda: a // operand,
+        0x40: lambda: a | operand,
+        0x50: lambda: a & operand,
+        0x60: lambda: a << operand,
+        0x70: lambda: a >> operand,
+        0x80: lambda: -a,
+        0x90: lambda: a % operand,
+        0xA0: lambda: a ^ operand,
+    }
+    return operations[op]()
 
 
 def run_filter(program: Sequence[Instruction], frame: bytes) -> bool:
@@ -92,19 +109,7 @@ def run_filter(program: Sequence[Instruction], frame: bytes) -> bool:
                 op = ins.code & 0xF0
                 if op in (0x30, 0x90) and operand == 0:
                     return False
-                a = {
-                    0x00: lambda: a + operand,
-                    0x10: lambda: a - operand,
-                    0x20: lambda: a * operand,
-                    0x30: lambda: a // operand,
-                    0x40: lambda: a | operand,
-                    0x50: lambda: a & operand,
-                    0x60: lambda: a << operand,
-                    0x70: lambda: a >> operand,
-                    0x80: lambda: -a,
-                    0x90: lambda: a % operand,
-                    0xA0: lambda: a ^ operand,
-                }[op]() & mask
+                a = _alu(op, a, operand) & mask
             elif cls == 0x05:  # JMP
                 op = ins.code & 0xF0
                 if op == 0x00:
@@ -122,12 +127,11 @@ def run_filter(program: Sequence[Instruction], frame: bytes) -> bool:
                 source = ins.code & 0x18
                 value = a if source == 0x10 else x if source == 0x08 else ins.k
                 return value != 0
-            else:  # MISC
-                if ins.code & 0xF8 == 0x00:
-                    x = a
-                else:
-                    a = x
-    except _OutOfBounds:
+            elif ins.code & 0xF8 == 0x00:  # MISC: tax
+                x = a
+            else:  # MISC: txa
+                a = x
+    except _OutOfBoundsError:
         return False
 
 

@@ -55,6 +55,7 @@ def _transport(protocol: int, source_port: int, destination_port: int, *, ipv6: 
 
 def build_frame(spec: FrameSpec) -> bytes:
     ethertype: int
+    network: Packet
     if spec.kind == "ipv4":
         ethertype = 0x0800
         transport = _transport(spec.protocol, spec.source_port, spec.destination_port, ipv6=False)

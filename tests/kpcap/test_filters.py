@@ -95,7 +95,9 @@ def frame_specs(draw: st.DrawFn) -> FrameSpec:
 def test_empty_filter_is_the_empty_expression_and_matches_everything() -> None:
     assert bpf_expression(CaptureFilter()) == ""
     assert matches(CaptureFilter(), b"")
-    assert matches(CaptureFilter(), build_frame(FrameSpec(kind="arp", source="198.18.0.1", destination="198.18.0.2")))
+    assert matches(
+        CaptureFilter(), build_frame(FrameSpec(kind="arp", source="198.18.0.1", destination="198.18.0.2"))
+    )
 
 
 def test_expression_text_for_every_field() -> None:
@@ -139,8 +141,8 @@ def _ipv6(**changes: object) -> FrameSpec:
     return FrameSpec(**base)  # type: ignore[arg-type]
 
 
+# Each case: the filter, the frame, the expected verdict and why.
 SEMANTICS = [
-    # (filter, frame, expected, why)
     (_filter(source_port=80), _ipv4(), True, "plain TCP"),
     (_filter(source_port=80), _ipv4(protocol=17), True, "UDP has ports"),
     (_filter(source_port=80), _ipv4(protocol=132), True, "SCTP has ports"),
@@ -150,14 +152,23 @@ SEMANTICS = [
     (_filter(source_port=80), _ipv4(ipv4_fragment_offset=185), False, "later fragment has no ports"),
     (_filter(protocol=6), _ipv4(ipv4_fragment_offset=185), True, "protocol matches every fragment"),
     (_filter(source="198.18.0.1"), _ipv4(ipv4_fragment_offset=185), True, "address on every fragment"),
-    (_filter(source="198.18.0.1"), FrameSpec(kind="arp", source="198.18.0.1", destination="198.18.0.2"), False,
-     "ARP is not IP"),
+    (
+        _filter(source="198.18.0.1"),
+        FrameSpec(kind="arp", source="198.18.0.1", destination="198.18.0.2"),
+        False,
+        "ARP is not IP",
+    ),
     (_filter(source_port=80), _ipv4(vlan_tpids=(0x8100,)), True, "802.1Q"),
     (_filter(source_port=80), _ipv4(vlan_tpids=(0x88A8, 0x8100)), True, "QinQ"),
     (_filter(source_port=80), _ipv4(vlan_tpids=(0x9100, 0x9100)), True, "old QinQ TPID"),
     (_filter(source_port=80), _ipv4(vlan_tpids=(0x8100, 0x8100, 0x8100)), False, "three tags: not decoded"),
     (_filter(source_port=80), _ipv6(), True, "IPv6 TCP"),
-    (_filter(source_port=80), _ipv6(ipv6_extension="fragment"), False, "IPv6 ext headers not walked for ports"),
+    (
+        _filter(source_port=80),
+        _ipv6(ipv6_extension="fragment"),
+        False,
+        "IPv6 ext headers not walked for ports",
+    ),
     (_filter(source_port=80), _ipv6(ipv6_extension="hop-by-hop"), False, "IPv6 ext headers not walked"),
     (_filter(protocol=6), _ipv6(ipv6_extension="fragment"), True, "ip6 proto looks past one fragment header"),
     (_filter(protocol=6), _ipv6(ipv6_extension="hop-by-hop"), False, "but not past hop-by-hop"),
@@ -168,7 +179,9 @@ SEMANTICS = [
 ]
 
 
-@pytest.mark.parametrize(("capture_filter", "frame_spec", "expected", "why"), SEMANTICS, ids=[s[3] for s in SEMANTICS])
+@pytest.mark.parametrize(
+    ("capture_filter", "frame_spec", "expected", "why"), SEMANTICS, ids=[s[3] for s in SEMANTICS]
+)
 def test_semantics(capture_filter: CaptureFilter, frame_spec: FrameSpec, expected: bool, why: str) -> None:
     frame = build_frame(frame_spec)
     assert matches(capture_filter, frame) is expected, why
@@ -240,13 +253,18 @@ def test_matches_agrees_with_compiled_bpf(capture_filter: CaptureFilter, specs: 
     program = compile_filter(bpf_expression(capture_filter))
     for spec in specs:
         frame = build_frame(spec)
-        assert matches(capture_filter, frame) == run_filter(program, frame), (bpf_expression(capture_filter), spec)
+        assert matches(capture_filter, frame) == run_filter(program, frame), (
+            bpf_expression(capture_filter),
+            spec,
+        )
 
 
 @needs_tcpdump
 @settings(max_examples=200, deadline=None)
 @given(capture_filter=capture_filters(), frame=st.binary(min_size=0, max_size=80))
-def test_matches_agrees_with_compiled_bpf_on_arbitrary_bytes(capture_filter: CaptureFilter, frame: bytes) -> None:
+def test_matches_agrees_with_compiled_bpf_on_arbitrary_bytes(
+    capture_filter: CaptureFilter, frame: bytes
+) -> None:
     program = compile_filter(bpf_expression(capture_filter))
     # Random bytes rarely look like IP; give them an IP or VLAN EtherType half of the time.
     for ethertype in (b"", b"\x08\x00", b"\x86\xdd", b"\x81\x00"):

@@ -1,0 +1,208 @@
+"""One idempotent reconcile pass for a PacketCapture: read, decide (pure), act through the adapter.
+
+Everything the pass needs is in the object's status and in the cluster, so a restarted operator picks
+up where it left: it never creates a second DaemonSet (creation is by a fixed name) and never loses
+status (agents write their reports into the object itself).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kpcap.errors import SpecInvalid
+from kpcap.model import CaptureSpec, CaptureStatus, CaptureType, capture_id, format_rfc3339, parse_spec
+from kpcap_operator import decisions, manifests
+from kpcap_operator.kube import Kube
+from kpcap_operator.settings import OperatorSettings
+
+Json = dict[str, Any]
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class Result:
+    """What a pass wants written: a status merge patch and Events to post."""
+
+    status: Json = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    finished: CaptureStatus | None = None
+
+
+def _refuse(*, reason: str, message: str, now: datetime) -> Result:
+    stamp = format_rfc3339(now)
+    return Result(
+        status={
+            "status": CaptureStatus.FAILED.value,
+            "submitted": stamp,
+            "errorMessage": message,
+            "packetsCaptured": 0,
+            "packetsRemaining": 0,
+            "conditions": [
+                decisions.condition(kind="Admitted", ok=False, reason=reason, message=message, now=now),
+                decisions.condition(kind="Complete", ok=False, reason=reason, message=message, now=now),
+            ],
+        },
+        events=[Event("Warning", reason, message)],
+        finished=CaptureStatus.FAILED,
+    )
+
+
+def admit(*, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now: datetime) -> Result:
+    """First pass of a new capture: validate, apply the two rules, pick nodes, start it."""
+    meta = body["metadata"]
+    try:
+        spec = parse_spec(body.get("spec"), now=now)
+    except SpecInvalid as invalid:
+        return _refuse(reason=decisions.REASON_INVALID, message=str(invalid), now=now)
+    me = decisions.capture_ref(body)
+    others = [decisions.capture_ref(other) for other in kube.list_captures(meta["namespace"])]
+    window = timedelta(seconds=settings.simple_rate_window_seconds)
+    if spec.type == CaptureType.FULL:
+        blocker = decisions.full_capture_conflict(capture=me, others=others)
+    else:
+        blocker = decisions.simple_rate_conflict(capture=me, others=others, window=window)
+    if blocker is not None:
+        reason, message = decisions.conflict_message(capture_type=spec.type, blocker=blocker, window=window)
+        return _refuse(reason=reason, message=message, now=now)
+    nodes = [decisions.node_info(node) for node in kube.list_nodes()]
+    targets = decisions.target_nodes(spec=spec, nodes=nodes, colo_label=settings.colo_label)
+    if not targets:
+        message = decisions.no_nodes_message(spec=spec, nodes=nodes, colo_label=settings.colo_label)
+        return _refuse(reason=decisions.REASON_NO_NODES, message=message, now=now)
+    if spec.type == CaptureType.SIMPLE:
+        message = "simple captures need the sampler DaemonSet, which is not deployed in this cluster"
+        return _refuse(reason="SamplerUnavailable", message=message, now=now)
+    cid = capture_id(meta["uid"])
+    ensure_daemonset(body=body, spec=spec, targets=targets, settings=settings, kube=kube)
+    stamp = format_rfc3339(now)
+    message = f"capturing on {len(targets)} node(s): {', '.join(targets)}"
+    return Result(
+        status={
+            "status": CaptureStatus.PENDING.value,
+            "submitted": stamp,
+            "started": stamp,
+            "targetNodes": targets,
+            "nodesSummary": f"0/{len(targets)}",
+            "packetsCaptured": 0,
+            "packetsRemaining": spec.packet_limit * len(targets),
+            "conditions": [
+                decisions.condition(kind="Admitted", ok=True, reason="Admitted", message=message, now=now),
+                decisions.condition(
+                    kind="Capturing",
+                    ok=True,
+                    reason="DaemonSetCreated",
+                    message=f"DaemonSet {settings.namespace}/{manifests.daemonset_name(cid)}",
+                    now=now,
+                ),
+            ],
+        },
+        events=[Event("Normal", "Admitted", message)],
+    )
+
+
+def ensure_daemonset(
+    *, body: Mapping[str, Any], spec: CaptureSpec, targets: list[str], settings: OperatorSettings, kube: Kube
+) -> None:
+    meta = body["metadata"]
+    manifest = manifests.capture_daemonset(
+        settings=settings,
+        capture_id=capture_id(meta["uid"]),
+        capture_name=meta["name"],
+        capture_namespace=meta["namespace"],
+        spec=spec,
+        targets=targets,
+    )
+    if kube.create_daemonset(manifest):
+        log.info(
+            "created DaemonSet %s/%s for capture %s/%s on %s",
+            settings.namespace,
+            manifest["metadata"]["name"],
+            meta["namespace"],
+            meta["name"],
+            targets,
+        )
+
+
+def progress(*, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now: datetime) -> Result:
+    """A pending or running capture: keep its DaemonSet, fold in reports, finish it when due."""
+    meta, status = body["metadata"], body.get("status") or {}
+    spec = parse_spec(body.get("spec"), now=None)  # admitted already: only re-read, no time bound
+    targets = list(status.get("targetNodes") or [])
+    started = decisions.parse_time(status.get("started")) or now
+    cid = capture_id(meta["uid"])
+    result = Result()
+    outcome = decisions.aggregate(
+        spec=spec,
+        targets=targets,
+        reports=status.get("nodes") or {},
+        started=started,
+        now=now,
+        grace=timedelta(seconds=settings.report_grace_seconds),
+    )
+    if spec.stop and not status.get("stopRequested"):
+        result.status["stopRequested"] = format_rfc3339(now)
+        result.events.append(
+            Event("Normal", "StopRequested", "spec.stop is true: agents end early and upload")
+        )
+    if not outcome.finished:
+        # Recreate the DaemonSet if it vanished (a crash between status and create, or a manual delete).
+        ensure_daemonset(body=body, spec=spec, targets=targets, settings=settings, kube=kube)
+    else:
+        deleted = kube.delete_capture_daemonsets(cid)
+        log.info(
+            "capture %s/%s %s; deleted %s", meta["namespace"], meta["name"], outcome.status.value, deleted
+        )
+    result.status.update(
+        {
+            "status": outcome.status.value,
+            "packetsCaptured": outcome.packets_captured,
+            "packetsRemaining": outcome.packets_remaining,
+            "bytesCaptured": outcome.bytes_captured,
+            "files": list(outcome.files),
+            "nodesSummary": outcome.nodes_summary,
+        }
+    )
+    previous = status.get("status")
+    if outcome.finished:
+        ok = outcome.status == CaptureStatus.SUCCESS
+        reason = "Succeeded" if ok else ("NodesSilent" if outcome.silent_nodes else "CaptureFailed")
+        message = (
+            outcome.error_message or f"{outcome.packets_captured} packets in {len(outcome.files)} file(s)"
+        )
+        # None removes the field: this 1.20 apiserver build rejects "" (kubernetes#99804).
+        result.status["errorMessage"] = outcome.error_message or None
+        result.status["conditions"] = decisions.merge_conditions(
+            status.get("conditions") or [],
+            [
+                decisions.condition(kind="Capturing", ok=False, reason=reason, message=message, now=now),
+                decisions.condition(kind="Complete", ok=ok, reason=reason, message=message, now=now),
+            ],
+        )
+        result.events.append(Event("Normal" if ok else "Warning", reason, message))
+        result.finished = outcome.status
+    elif previous != outcome.status.value:
+        result.events.append(Event("Normal", "Running", f"first report from {outcome.nodes_summary} node(s)"))
+    return result
+
+
+def reconcile(
+    *, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now_fn: Callable[[], datetime]
+) -> Result:
+    current = (body.get("status") or {}).get("status")
+    if current in decisions.TERMINAL:
+        kube.delete_capture_daemonsets(capture_id(body["metadata"]["uid"]))
+        return Result()
+    if not current:
+        return admit(body=body, settings=settings, kube=kube, now=now_fn())
+    return progress(body=body, settings=settings, kube=kube, now=now_fn())

@@ -1,0 +1,77 @@
+"""The operator's configuration: one frozen object, read once from the environment, passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorSettings:
+    namespace: str
+    """Where capture DaemonSets are created (the operator's own namespace)."""
+    agent_image: str
+    agent_service_account: str = "kpcap-agent"
+    colo_label: str = "topology.kubernetes.io/zone"
+    report_grace_seconds: int = 60
+    """Beyond timeLimit, how long a node has to upload and report before it counts as silent."""
+    simple_rate_window_seconds: int = 60
+    agent_image_pull_policy: str = "IfNotPresent"
+    agent_cpu_request: str = "50m"
+    agent_memory_request: str = "64Mi"
+    agent_memory_limit: str = "256Mi"
+    agent_priority_class: str = ""
+    webhook_enabled: bool = True
+    webhook_port: int = 9443
+    webhook_host: str = ""
+    """Address the apiserver calls the webhook on (the pod IP or a Service name); empty: no webhook."""
+    webhook_service: str = ""
+    webhook_cert_dir: str = ""
+    metrics_port: int = 8080
+    reconcile_interval_seconds: float = 1.0
+
+    @staticmethod
+    def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
+        source = os.environ if env is None else env
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = source.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name}: must be an integer from {low} to {high}, got {raw!r}") from None
+            if not low <= value <= high:
+                raise SettingsError(f"{name}: must be an integer from {low} to {high}, got {value}")
+            return value
+
+        namespace = source.get("KPCAP_NAMESPACE", "")
+        if not namespace:
+            raise SettingsError(
+                "KPCAP_NAMESPACE: required (the operator's namespace, where capture DaemonSets go)"
+            )
+        image = source.get("KPCAP_AGENT_IMAGE", "")
+        if not image:
+            raise SettingsError("KPCAP_AGENT_IMAGE: required (the capture agent's image)")
+        return OperatorSettings(
+            namespace=namespace,
+            agent_image=image,
+            agent_service_account=source.get("KPCAP_AGENT_SERVICE_ACCOUNT", "kpcap-agent"),
+            colo_label=source.get("KPCAP_COLO_LABEL", "topology.kubernetes.io/zone"),
+            report_grace_seconds=integer("KPCAP_REPORT_GRACE_SECONDS", 60, 5, 3600),
+            simple_rate_window_seconds=integer("KPCAP_SIMPLE_RATE_WINDOW_SECONDS", 60, 0, 3600),
+            agent_image_pull_policy=source.get("KPCAP_AGENT_IMAGE_PULL_POLICY", "IfNotPresent"),
+            agent_priority_class=source.get("KPCAP_AGENT_PRIORITY_CLASS", ""),
+            webhook_enabled=source.get("KPCAP_WEBHOOK_ENABLED", "true").lower() == "true",
+            webhook_port=integer("KPCAP_WEBHOOK_PORT", 9443, 1, 65535),
+            webhook_host=source.get("KPCAP_WEBHOOK_HOST", ""),
+            webhook_service=source.get("KPCAP_WEBHOOK_SERVICE", ""),
+            webhook_cert_dir=source.get("KPCAP_WEBHOOK_CERT_DIR", ""),
+            metrics_port=integer("KPCAP_METRICS_PORT", 8080, 0, 65535),
+        )
