@@ -23,4 +23,5 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
 fi
 
 bash hack/build-kube-binaries.sh
+bash hack/install-tools.sh
 log "ready"

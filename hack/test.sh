@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/bootstrap.sh
-export PATH="$PWD/.venv/bin:$PATH"
+export PATH="$PWD/.venv/bin:${KPCAP_CACHE:-$HOME/.cache/kpcap}/bin:$PATH"
 
 echo "== ruff" >&2
 ruff check .

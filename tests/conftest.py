@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from kpcap_localcluster.cluster import LocalCluster, default_nodes
 from kubernetes import client
+
+from kpcap_localcluster.cluster import LocalCluster, default_nodes
 
 T = TypeVar("T")
 

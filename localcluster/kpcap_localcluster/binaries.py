@@ -76,3 +76,14 @@ def ensure_binaries(*, build: bool = True) -> ControlPlaneBinaries:
         kube_controller_manager=get("kube-controller-manager"),
         kube_scheduler=get("kube-scheduler"),
     )
+
+
+def tool(name: str) -> str:
+    """``kubectl`` or ``helm``: the copy hack/install-tools.sh caches, else whatever PATH has."""
+    cached = cache_dir() / "bin" / name
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return str(cached)
+    found = shutil.which(name)
+    if found is None:
+        raise BinariesMissingError(f"{name} not found: run hack/install-tools.sh (it caches {cached})")
+    return found

@@ -28,7 +28,7 @@ from typing import Any, Self
 from kubernetes import client, config
 
 from kpcap_localcluster import network, processes
-from kpcap_localcluster.binaries import ensure_binaries
+from kpcap_localcluster.binaries import ensure_binaries, tool
 from kpcap_localcluster.controlplane import (
     APISERVER_PORT,
     KUBERNETES_SERVICE_IP,
@@ -190,6 +190,7 @@ class LocalCluster:
                     "taints": [dict(t) for t in spec.taints],
                     "images": {k: list(v) for k, v in KNOWN_IMAGES.items()},
                     "run_id": self.run_id,
+                    "mountpoints_log": str(self.mountpoints_log),
                 }
             )
         )
@@ -251,9 +252,24 @@ class LocalCluster:
             network.remove_node(node.net)
         network.remove_bridge(self.net)
         network.remove_leftovers(run_id=self.run_id)
+        self._remove_mountpoints()
         self.nodes.clear()
         if self.owns_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    @property
+    def mountpoints_log(self) -> Path:
+        """Mount points the containers had to create on the host (removed at teardown)."""
+        return self.state_dir / "mountpoints.log"
+
+    def _remove_mountpoints(self) -> None:
+        try:
+            created = set(self.mountpoints_log.read_text().split())
+        except FileNotFoundError:
+            return
+        for path in sorted(created, key=lambda p: p.count("/"), reverse=True):
+            with contextlib.suppress(OSError):
+                Path(path).rmdir()  # only if empty: never anything a user put there
 
     def __enter__(self) -> Self:
         return self
@@ -309,7 +325,7 @@ class LocalCluster:
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            [tool("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
             input=stdin,
             capture_output=True,
             text=True,

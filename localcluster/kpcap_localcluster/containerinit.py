@@ -19,9 +19,26 @@ def _mount(args: list[str]) -> None:
     subprocess.run(["mount", *args], check=True)
 
 
+def _ensure_mountpoint(target: Path, *, log: Path) -> None:
+    """Create a missing mount point on the host and note it, so the cluster's teardown removes it.
+
+    Shared by every container of the cluster, so it is never removed while another pod may use it.
+    """
+    missing = []
+    probe = target
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    if missing:
+        target.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as out:
+            out.writelines(f"{path}\n" for path in missing)
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     for mount in spec["mounts"]:
+        _ensure_mountpoint(Path(mount["target"]), log=Path(spec["mountpoints_log"]))
         _mount(["--bind", mount["source"], mount["target"]])
         if mount["read_only"]:
             _mount(["-o", "remount,bind,ro", mount["target"]])

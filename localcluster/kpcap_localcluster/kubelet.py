@@ -67,6 +67,7 @@ class KubeletConfig:
     taints: tuple[Json, ...]
     images: Mapping[str, tuple[str, ...]]
     run_id: str
+    mountpoints_log: str
     restart_backoff_base: float = 1.0
     restart_backoff_max: float = 16.0
 
@@ -95,8 +96,11 @@ class Api:
 class Container:
     """One container's process and its history (restarts, last state)."""
 
-    def __init__(self, plan: ContainerPlan, log_path: Path, spec_path: Path, image: str) -> None:
+    def __init__(
+        self, plan: ContainerPlan, log_path: Path, spec_path: Path, image: str, mountpoints_log: str
+    ) -> None:
         self.plan = plan
+        self.mountpoints_log = mountpoints_log
         self.log_path = log_path
         self.spec_path = spec_path
         self.image = image
@@ -118,6 +122,7 @@ class Container:
                         for m in self.plan.mounts
                     ],
                     "working_dir": self.plan.working_dir,
+                    "mountpoints_log": self.mountpoints_log,
                     "run_as_user": self.plan.run_as_user,
                     "run_as_group": self.plan.run_as_group,
                     "capabilities": None
@@ -205,7 +210,6 @@ class PodWorker(threading.Thread):
         self.name: str = meta["name"]
         self.dir = Path(self.cfg.state_dir) / "pods" / f"{self.namespace}_{self.name}_{self.uid}"
         self.containers: list[Container] = []
-        self.created_dirs: list[Path] = []
         self.terminate_at: float | None = None
         self.gone = threading.Event()
         self.last_status: Json = {}
@@ -320,19 +324,6 @@ class PodWorker(threading.Thread):
                 out[item["path"]] = podspec._field_ref(item["fieldRef"]["fieldPath"], self.pod)
         return out
 
-    def _ensure_mount_targets(self, plans: list[ContainerPlan]) -> None:
-        for plan in plans:
-            for mount in plan.mounts:
-                target = Path(mount.target)
-                missing = []
-                probe = target
-                while not probe.exists():
-                    missing.append(probe)
-                    probe = probe.parent
-                target.mkdir(parents=True, exist_ok=True)
-                # Remember what we created on the host so teardown removes exactly that.
-                self.created_dirs.extend(reversed(missing))
-
     # --- lifecycle ------------------------------------------------------------------------------
 
     def base_env(self) -> dict[str, str]:
@@ -400,7 +391,6 @@ class PodWorker(threading.Thread):
             self.report_waiting(reason, str(err) if isinstance(err, PodSpecError) else err.reason)
             self._wait_for_deletion()
             return
-        self._ensure_mount_targets([*init_plans, *plans])
         self.pod["status"]["startTime"] = now_rfc3339()
         images = {c["name"]: c["image"] for c in [*(spec.get("initContainers") or []), *spec["containers"]]}
         for init in init_plans:
@@ -447,7 +437,13 @@ class PodWorker(threading.Thread):
             self.gone.wait(0.2)
 
     def _container(self, plan: ContainerPlan, image: str) -> Container:
-        return Container(plan, self.dir / f"{plan.name}.log", self.dir / f".{plan.name}.spec.json", image)
+        return Container(
+            plan,
+            self.dir / f"{plan.name}.log",
+            self.dir / f".{plan.name}.spec.json",
+            image,
+            self.cfg.mountpoints_log,
+        )
 
     def _run_to_completion(self, ctr: Container, policy: str) -> bool:
         while True:
@@ -524,9 +520,6 @@ class PodWorker(threading.Thread):
 
     def cleanup(self) -> None:
         self.kill_now()
-        for path in reversed(self.created_dirs):
-            with contextlib.suppress(OSError):
-                path.rmdir()
 
     # --- status ---------------------------------------------------------------------------------
 

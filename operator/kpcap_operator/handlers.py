@@ -33,9 +33,22 @@ def _not_finished(status: kopf.Status, **_: Any) -> bool:
 
 
 def validate_admission(
-    *, body: dict[str, Any], operation: str, settings: OperatorSettings, kube: Kube, now: datetime
+    *,
+    body: dict[str, Any],
+    operation: str,
+    settings: OperatorSettings,
+    kube: Kube,
+    now: datetime,
+    old: dict[str, Any] | None = None,
 ) -> None:
-    """The webhook's checks: a message naming the field, and the two rules at create time."""
+    """The webhook's checks: a message naming the field, and the two rules at create time.
+
+    An UPDATE that leaves the spec as it was (finalizers, annotations, labels) is always allowed: the
+    object may predate the webhook (or a stricter version of it), and refusing such an update would
+    keep the operator from removing its finalizer, so the object could never be deleted.
+    """
+    if operation == "UPDATE" and old is not None and old.get("spec") == body.get("spec"):
+        return
     try:
         spec = parse_spec(body.get("spec"), now=now if operation == "CREATE" else None)
     except SpecInvalid as invalid:
@@ -124,7 +137,15 @@ def build_registry(*, settings: OperatorSettings, kube: Kube) -> kopf.OperatorRe
         )
         def validate(body: kopf.Body, **kwargs: Any) -> None:
             operation = str(kwargs.get("operation") or "CREATE")
-            validate_admission(body=dict(body), operation=operation, settings=settings, kube=kube, now=_now())
+            old = kwargs.get("old")
+            validate_admission(
+                body=dict(body),
+                operation=operation,
+                settings=settings,
+                kube=kube,
+                now=_now(),
+                old=dict(old) if old is not None else None,
+            )
 
     return registry
 

@@ -105,6 +105,10 @@ def capture_daemonset(
     }
     if settings.agent_priority_class:
         pod_spec["priorityClassName"] = settings.agent_priority_class
+    if settings.agent_credentials_secret:
+        pod_spec["containers"][0]["envFrom"] = [
+            {"secretRef": {"name": settings.agent_credentials_secret, "optional": True}}
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",

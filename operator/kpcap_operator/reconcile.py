@@ -7,7 +7,9 @@ status (agents write their reports into the object itself).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,15 +60,41 @@ def _refuse(*, reason: str, message: str, now: datetime) -> Result:
     )
 
 
+# Kopf runs handlers concurrently (a thread pool) and writes a pass's status only after it returns. So
+# two full captures created at once could both start: A is admitted before B exists; B (same
+# creationTimestamp second, smaller uid, so "older") then lists A while A's status patch is still in
+# flight, sees it undecided and younger, and is admitted too. Admission passes are therefore
+# serialised, and each sees the decisions of earlier passes whose status has not landed yet.
+_ADMISSION_LOCK = threading.Lock()
+_DECIDED: dict[str, str] = {}  # uid -> status decided by this process, until the object shows one
+
+
+def _with_decisions_in_flight(refs: list[decisions.CaptureRef]) -> list[decisions.CaptureRef]:
+    return [
+        dataclasses.replace(ref, status=_DECIDED[ref.uid]) if not ref.status and ref.uid in _DECIDED else ref
+        for ref in refs
+    ]
+
+
 def admit(*, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now: datetime) -> Result:
     """First pass of a new capture: validate, apply the two rules, pick nodes, start it."""
+    with _ADMISSION_LOCK:
+        result = _admit(body=body, settings=settings, kube=kube, now=now)
+        if result.status.get("status"):
+            _DECIDED[body["metadata"]["uid"]] = result.status["status"]
+        return result
+
+
+def _admit(*, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now: datetime) -> Result:
     meta = body["metadata"]
     try:
         spec = parse_spec(body.get("spec"), now=now)
     except SpecInvalid as invalid:
         return _refuse(reason=decisions.REASON_INVALID, message=str(invalid), now=now)
     me = decisions.capture_ref(body)
-    others = [decisions.capture_ref(other) for other in kube.list_captures(meta["namespace"])]
+    others = _with_decisions_in_flight(
+        [decisions.capture_ref(other) for other in kube.list_captures(meta["namespace"])]
+    )
     window = timedelta(seconds=settings.simple_rate_window_seconds)
     if spec.type == CaptureType.FULL:
         blocker = decisions.full_capture_conflict(capture=me, others=others)
@@ -200,6 +228,8 @@ def reconcile(
     *, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now_fn: Callable[[], datetime]
 ) -> Result:
     current = (body.get("status") or {}).get("status")
+    if current:
+        _DECIDED.pop(body["metadata"]["uid"], None)  # the object shows its decision now
     if current in decisions.TERMINAL:
         kube.delete_capture_daemonsets(capture_id(body["metadata"]["uid"]))
         return Result()

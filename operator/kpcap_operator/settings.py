@@ -26,6 +26,9 @@ class OperatorSettings:
     agent_memory_request: str = "64Mi"
     agent_memory_limit: str = "256Mi"
     agent_priority_class: str = ""
+    agent_credentials_secret: str = ""
+    """A Secret in the operator's namespace whose keys become the agents' environment (storage
+    credentials for the SDKs' standard chains, e.g. AWS_ACCESS_KEY_ID); optional."""
     webhook_enabled: bool = True
     webhook_port: int = 9443
     webhook_host: str = ""
@@ -68,6 +71,7 @@ class OperatorSettings:
             simple_rate_window_seconds=integer("KPCAP_SIMPLE_RATE_WINDOW_SECONDS", 60, 0, 3600),
             agent_image_pull_policy=source.get("KPCAP_AGENT_IMAGE_PULL_POLICY", "IfNotPresent"),
             agent_priority_class=source.get("KPCAP_AGENT_PRIORITY_CLASS", ""),
+            agent_credentials_secret=source.get("KPCAP_AGENT_CREDENTIALS_SECRET", ""),
             webhook_enabled=source.get("KPCAP_WEBHOOK_ENABLED", "true").lower() == "true",
             webhook_port=integer("KPCAP_WEBHOOK_PORT", 9443, 1, 65535),
             webhook_host=source.get("KPCAP_WEBHOOK_HOST", ""),

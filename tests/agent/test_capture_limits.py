@@ -8,6 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Raw
+from scapy.utils import rdpcap, wrpcap
+
 from kpcap_agent.capture import CaptureLimits, CaptureResult, StopReason, run_capture
 from kpcap_agent.packetsource import (
     CopyFilter,
@@ -19,10 +24,6 @@ from kpcap_agent.packetsource import (
     layer3_identity,
 )
 from kpcap_agent.pcapfile import GLOBAL_HEADER_LENGTH, RECORD_HEADER_LENGTH, PcapWriter, iter_pcap_records
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Dot1Q, Ether
-from scapy.packet import Raw
-from scapy.utils import rdpcap, wrpcap
 
 
 def udp_frame(*, payload_length: int, port: int = 5555, marker: int = 0) -> bytes:

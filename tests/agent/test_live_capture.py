@@ -10,9 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kpcap_agent.capture import CaptureLimits, StopReason
-from kpcap_agent.packetsource import CopyPolicy
-from kpcap_agent.pcapfile import GLOBAL_HEADER_LENGTH, RECORD_HEADER_LENGTH, iter_pcap_records
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
@@ -20,6 +17,9 @@ from scapy.utils import rdpcap
 
 from kpcap.filters import bpf_expression, matches
 from kpcap.model import CaptureFilter
+from kpcap_agent.capture import CaptureLimits, StopReason
+from kpcap_agent.packetsource import CopyPolicy
+from kpcap_agent.pcapfile import GLOBAL_HEADER_LENGTH, RECORD_HEADER_LENGTH, iter_pcap_records
 from tests.agent.netns import (
     NetnsThread,
     Routed,

@@ -34,7 +34,6 @@ from boto3.exceptions import S3UploadFailedError
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
-from kpcap_localcluster.storage import StorageServer, start_gcs, start_s3
 
 from kpcap.destinations import Destination, DestinationScheme, object_key
 from kpcap.storage import (
@@ -49,6 +48,7 @@ from kpcap.storage import (
 )
 from kpcap.storage.gcs import classify_gcs_error
 from kpcap.storage.s3 import classify_s3_error
+from kpcap_localcluster.storage import StorageServer, start_gcs, start_s3
 
 RUN_ID = "storage-tests"
 HOST = "127.0.0.1"

@@ -14,10 +14,10 @@ import boto3
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
-from kpcap_localcluster import network
-from kpcap_localcluster.cluster import LocalCluster, NodeSpec
 from kubernetes import client
 
+from kpcap_localcluster import network
+from kpcap_localcluster.cluster import LocalCluster, NodeSpec
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -398,8 +398,10 @@ def test_teardown_leaves_no_namespace_link_or_process() -> None:
     wait_for(lambda: _logs_with(cluster, "default", "sleeper", "READY"), timeout=30, what="a pod to run")
     run_id, netns = cluster.run_id, cluster.nodes[0].netns
     assert cluster.leftovers()["processes"], "the running cluster's processes are tagged and found"
+    created = cluster.mountpoints_log.read_text().split() if cluster.mountpoints_log.exists() else []
     cluster.stop()
     assert cluster.leftovers() == {"netns": [], "links": [], "processes": []}
+    assert not [path for path in created if Path(path).exists()], "mount points it made are removed"
     assert netns not in network.ip("netns", "list")
     assert not [line for line in network.ip("-br", "link").splitlines() if run_id in line]
     assert not cluster.state_dir.exists()

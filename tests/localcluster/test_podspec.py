@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from kpcap_localcluster import podspec
 from kpcap_localcluster.podspec import PodSpecError
 

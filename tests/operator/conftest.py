@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kpcap_localcluster.cluster import LocalCluster
-from kpcap_localcluster.processes import ManagedProcess, spawn
 from kubernetes import client
 
 from kpcap.crd import load_crd
+from kpcap_localcluster.cluster import LocalCluster
+from kpcap_localcluster.processes import ManagedProcess, spawn
 from tests.conftest import wait_for
 
 GROUP, VERSION, PLURAL = "kpcap.io", "v1alpha1", "packetcaptures"
@@ -95,8 +95,7 @@ def _start(cluster: LocalCluster, env: dict[str, str], log_path: Path) -> Manage
     )
     wait_for(
         lambda: (
-            (proc.alive()
-            and "Initial authentication has finished" in log_path.read_text(errors="replace"))
+            (proc.alive() and "Initial authentication has finished" in log_path.read_text(errors="replace"))
             or not proc.alive()
         ),
         timeout=30,
@@ -107,7 +106,9 @@ def _start(cluster: LocalCluster, env: dict[str, str], log_path: Path) -> Manage
     return proc
 
 
-def operator_fixture(*, webhook: bool) -> Callable[..., Iterator[RunningOperator]]:
+def operator_fixture(
+    *, webhook: bool, agent_image: str = STAND_IN_AGENT_IMAGE, extra_env: dict[str, str] | None = None
+) -> Callable[..., Iterator[RunningOperator]]:
     def fixture(
         kpcap_installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
     ) -> Iterator[RunningOperator]:
@@ -118,13 +119,14 @@ def operator_fixture(*, webhook: bool) -> Callable[..., Iterator[RunningOperator
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
             "KPCAP_NAMESPACE": OPERATOR_NAMESPACE,
-            "KPCAP_AGENT_IMAGE": STAND_IN_AGENT_IMAGE,
+            "KPCAP_AGENT_IMAGE": agent_image,
             "KPCAP_AGENT_SERVICE_ACCOUNT": AGENT_SA,
             "KPCAP_REPORT_GRACE_SECONDS": "5",
             "KPCAP_WEBHOOK_ENABLED": "true" if webhook else "false",
             "KPCAP_WEBHOOK_HOST": cluster.net.gateway,
             "KPCAP_WEBHOOK_PORT": "9443",
             "KPCAP_METRICS_PORT": "0",
+            **(extra_env or {}),
         }
         log_path = tmp_path_factory.mktemp("operator") / "operator.log"
         running = RunningOperator(

@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import pytest
-from kpcap_localcluster.cluster import LocalCluster
 from kubernetes import client
 
+from kpcap_localcluster.cluster import LocalCluster
 from tests.conftest import wait_for
 from tests.operator.conftest import (
     OPERATOR_NAMESPACE,

@@ -1,0 +1,55 @@
+"""``python -m kpcap_agent capture``: the capture agent of one node (run by the operator's DaemonSet).
+
+Exit codes: 0 after SIGTERM (work done or cut short and uploaded), 2 for a configuration error.
+DaemonSet pods always restart, so after its work the agent idles until its DaemonSet is deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from kpcap.errors import SpecInvalid
+from kpcap.model import NodePhase
+from kpcap_agent.agent import AgentConfig, AgentConfigError, run
+from kpcap_agent.report import CaptureApi, NodeReport
+
+log = logging.getLogger("kpcap_agent")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="kpcap-agent")
+    parser.add_argument("mode", choices=["capture"], nargs="?", default="capture")
+    parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = AgentConfig.from_env()
+    except (AgentConfigError, SpecInvalid, ValueError) as err:
+        sys.exit(f"kpcap-agent: configuration error: {err}")
+    stop, terminating = threading.Event(), threading.Event()
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        log.info("SIGTERM: ending the capture early and uploading what was captured")
+        terminating.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    api = CaptureApi(namespace=cfg.namespace, name=cfg.name, node=cfg.node)
+    try:
+        run(cfg=cfg, api=api, stop=stop)
+    except Exception as err:
+        log.exception("capture on %s failed", cfg.node)
+        try:
+            api.report(NodeReport(phase=NodePhase.FAILED, error=f"agent error: {type(err).__name__}: {err}"))
+        except Exception:
+            log.exception("could not report the failure either")
+    if not terminating.is_set():
+        log.info("work done; idling until the capture's DaemonSet is deleted")
+        terminating.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The capture agent in DaemonSet pods on the simulated cluster: real traffic, real RBAC, real buckets."""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage as gcs
+from kubernetes import client
+from scapy.layers.inet import UDP
+from scapy.utils import PcapReader
+
+from kpcap_localcluster.cluster import LocalCluster
+from tests.conftest import wait_for
+from tests.operator.conftest import (  # noqa: F401 - kpcap_installed is a fixture used by name
+    AGENT_SA,
+    OPERATOR_NAMESPACE,
+    Captures,
+    RunningOperator,
+    capture_body,
+    kpcap_installed,
+    operator_fixture,
+)
+
+pytestmark = pytest.mark.e2e
+
+AGENT_IMAGE = "registry.example/kpcap/kpcap-agent:test"
+CREDENTIALS_SECRET = "kpcap-storage-credentials"
+
+
+@pytest.fixture(scope="module")
+def storage_credentials(kpcap_installed: LocalCluster) -> LocalCluster:  # noqa: F811
+    cluster = kpcap_installed
+    assert cluster.s3 is not None
+    assert cluster.gcs is not None
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": CREDENTIALS_SECRET, "namespace": OPERATOR_NAMESPACE},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "STORAGE_EMULATOR_HOST": cluster.gcs.endpoint,
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
+    return cluster
+
+
+_agent_operator = operator_fixture(
+    webhook=False, agent_image=AGENT_IMAGE, extra_env={"KPCAP_AGENT_CREDENTIALS_SECRET": CREDENTIALS_SECRET}
+)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    storage_credentials: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningOperator]:
+    yield from _agent_operator(storage_credentials, tmp_path_factory)
+
+
+@pytest.fixture
+def captures(operator: RunningOperator, namespace: str) -> Captures:
+    return Captures(operator.cluster, namespace)
+
+
+def _s3(cluster: LocalCluster) -> Any:
+    assert cluster.s3 is not None
+    return boto3.client(
+        "s3",
+        endpoint_url=cluster.s3.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+def _send(cluster: LocalCluster, *, src: str, dst: str, port: int, count: int, payload: str) -> None:
+    cluster.run_in_node(
+        src,
+        [
+            sys.executable,
+            "-m",
+            "kpcap_localcluster.traffic",
+            "send",
+            "--dst",
+            cluster.node(dst).address,
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--payload",
+            payload,
+            "--interval",
+            "0.002",
+        ],
+    )
+
+
+def _udp_payloads(pcap: bytes) -> list[tuple[int, bytes]]:
+    return [(int(p[UDP].dport), bytes(p[UDP].payload)) for p in PcapReader(io.BytesIO(pcap)) if UDP in p]
+
+
+def _run_capture(
+    captures: Captures, cluster: LocalCluster, *, name: str, destination: str, marker: str
+) -> dict[str, Any]:
+    spec = {
+        "type": "full",
+        "timeLimit": 8,
+        "packetLimit": 1000,
+        "colo": "colo-a",
+        "destinationConf": destination,
+        "filter": {"protocol": 17, "destinationPort": 7777},
+    }
+    captures.create(capture_body(name, **spec))
+    try:
+        wait_for(lambda: len(captures.status(name).get("nodes") or {}) == 2, timeout=60,
+                 what="both agents to report running")
+    except BaseException:
+        print(cluster.pod_logs(namespace=OPERATOR_NAMESPACE, pod="kpcap-capture-*"))
+        raise
+    for dst in ("kpcap-node-1", "kpcap-node-2"):
+        _send(cluster, src="kpcap-node-3", dst=dst, port=7777, count=25, payload=marker)
+        _send(cluster, src="kpcap-node-3", dst=dst, port=8888, count=25, payload=marker)
+    final = captures.wait_status(name, {"success", "failed"}, timeout=60)
+    assert final["status"] == "success", final
+    return final
+
+
+def test_full_capture_to_s3_holds_exactly_the_matching_packets(
+    captures: Captures, operator: RunningOperator
+) -> None:
+    cluster = operator.cluster
+    bucket = f"kpcap-{secrets.token_hex(4)}"
+    _s3(cluster).create_bucket(Bucket=bucket)
+    marker = f"m-{secrets.token_hex(6)}"
+    final = _run_capture(
+        captures,
+        cluster,
+        name="to-s3",
+        destination=f"s3://{bucket}/captures?region=us-east-1"
+        f"&endpoint={cluster.s3.endpoint if cluster.s3 else ''}",
+        marker=marker,
+    )
+    assert final["packetsCaptured"] == 50
+    capture = captures.get("to-s3")
+    cid = capture["metadata"]["uid"].replace("-", "")
+    for node in ("kpcap-node-1", "kpcap-node-2"):
+        key = f"captures/pcap_{cid}/{node}.pcap"
+        assert f"s3://{bucket}/{key}" in final["files"]
+        body = _s3(cluster).get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert _udp_payloads(body) == [(7777, marker.encode())] * 25, "only the matching packets, in order"
+        assert final["nodes"][node]["packets"] == 25
+    wait_for(lambda: not captures.daemonsets(capture), timeout=15, what="the DaemonSet to be deleted")
+
+
+def test_full_capture_to_gcs(captures: Captures, operator: RunningOperator) -> None:
+    cluster = operator.cluster
+    assert cluster.gcs is not None
+    bucket = f"kpcap-{secrets.token_hex(4)}"
+    gcs_client = gcs.Client(
+        project="kpcap-test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": cluster.gcs.endpoint},
+    )
+    gcs_client.create_bucket(bucket)
+    marker = f"g-{secrets.token_hex(6)}"
+    final = _run_capture(captures, cluster, name="to-gcs", destination=f"gs://{bucket}/pcaps", marker=marker)
+    cid = captures.get("to-gcs")["metadata"]["uid"].replace("-", "")
+    for node in ("kpcap-node-1", "kpcap-node-2"):
+        blob = gcs_client.bucket(bucket).blob(f"pcaps/pcap_{cid}/{node}.pcap")
+        assert _udp_payloads(blob.download_as_bytes()) == [(7777, marker.encode())] * 25
+    assert final["packetsCaptured"] == 50
+
+
+def test_missing_bucket_fails_the_nodes_with_a_clear_error(
+    captures: Captures, operator: RunningOperator
+) -> None:
+    cluster = operator.cluster
+    assert cluster.s3 is not None
+    spec = {
+        "type": "full",
+        "timeLimit": 2,
+        "packetLimit": 10,
+        "colo": "colo-a",
+        "destinationConf": f"s3://no-such-bucket-{secrets.token_hex(3)}/x?region=us-east-1"
+        f"&endpoint={cluster.s3.endpoint}",
+    }
+    captures.create(capture_body("nobucket", **spec))
+    final = captures.wait_status("nobucket", {"success", "failed"}, timeout=60)
+    assert final["status"] == "failed"
+    assert "no-such-bucket" in final["errorMessage"]
+    assert "does not exist" in final["errorMessage"]
+
+
+def test_agent_service_account_is_refused_everything_else(captures: Captures) -> None:
+    api = captures.agent_api.api_client
+
+    def status_of(method: str, path: str, body: Any = None) -> int:
+        try:
+            api.call_api(
+                path,
+                method,
+                body=body,
+                auth_settings=["BearerToken"],
+                response_type="object",
+                header_params={"Content-Type": "application/json"},
+            )
+        except client.ApiException as err:
+            return int(err.status)
+        return 200
+
+    ns = captures.namespace
+    base = f"/apis/kpcap.io/v1alpha1/namespaces/{ns}/packetcaptures"
+    assert status_of("GET", base) == 200
+    assert status_of("POST", base, capture_body("sneaky", type="simple", timeLimit=1, packetLimit=1)) == 403
+    assert status_of("GET", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/secrets") == 403
+    assert status_of("GET", f"/api/v1/namespaces/{ns}/pods") == 403
+    assert status_of("GET", "/apis/apps/v1/daemonsets") == 403
+    assert status_of("DELETE", f"{base}/anything") == 403
+    assert AGENT_SA == "kpcap-agent"
