@@ -122,8 +122,11 @@ def _run_capture(
     }
     captures.create(capture_body(name, **spec))
     try:
-        wait_for(lambda: len(captures.status(name).get("nodes") or {}) == 2, timeout=60,
-                 what="both agents to report running")
+        wait_for(
+            lambda: len(captures.status(name).get("nodes") or {}) == 2,
+            timeout=60,
+            what="both agents to report running",
+        )
     except BaseException:
         print(cluster.pod_logs(namespace=OPERATOR_NAMESPACE, pod="kpcap-capture-*"))
         raise
