@@ -98,7 +98,18 @@ def full_capture_conflict(*, capture: CaptureRef, others: Sequence[CaptureRef]) 
 def simple_rate_conflict(
     *, capture: CaptureRef, others: Sequence[CaptureRef], window: timedelta
 ) -> CaptureRef | None:
-    """The simple capture submitted within ``window`` before ``capture`` (one per namespace per window)."""
+    """The simple capture submitted within ``window`` of ``capture`` (one per namespace per window).
+
+    A capture already decided (and not itself refused by a rule) was submitted first, whatever the
+    timestamps say: creationTimestamp has one-second resolution, so two captures a moment apart can
+    carry the same second, and the uid tie-break is only for captures still undecided together.
+    """
+
+    def blocks(other: CaptureRef) -> bool:
+        if other.undecided:
+            return other.order < capture.order and capture.created - other.created < window
+        return abs(capture.created - other.created) < window
+
     blockers = [
         other
         for other in others
@@ -106,8 +117,7 @@ def simple_rate_conflict(
         and other.type == CaptureType.SIMPLE
         and other.valid
         and not other.refused_by_rule
-        and other.order < capture.order
-        and capture.created - other.created < window
+        and blocks(other)
     ]
     return max(blockers, key=lambda ref: ref.order) if blockers else None
 

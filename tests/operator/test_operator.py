@@ -215,3 +215,17 @@ def test_restarting_the_operator_mid_capture_creates_no_second_daemonset(
         line for line in operator.logs().splitlines() if "created DaemonSet" in line and "/survivor " in line
     ]
     assert len(created) == 1, created
+
+
+def test_second_simple_capture_within_the_window_is_refused(captures: Captures) -> None:
+    simple = {"type": "simple", "timeLimit": 10, "packetLimit": 100}
+    captures.create(capture_body("sample-1", **simple))
+    first = captures.wait_status("sample-1", {"success", "failed"})
+    captures.create(capture_body("sample-2", **simple))
+    second = captures.wait_status("sample-2", {"success", "failed"})
+    assert second["status"] == "failed"
+    reasons = {c["type"]: c["reason"] for c in second["conditions"]}
+    assert reasons["Admitted"] == "SimpleCaptureRateLimited"
+    assert "sample-1" in second["errorMessage"]
+    assert "every 60 s" in second["errorMessage"]
+    assert {c["type"]: c["reason"] for c in first["conditions"]}["Admitted"] != "SimpleCaptureRateLimited"
