@@ -37,11 +37,17 @@ def _ensure_mountpoint(target: Path, *, log: Path) -> None:
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
-    for mount in spec["mounts"]:
+    # Hold every source open before mounting anything: a volume mounted over a parent of another
+    # volume's source (an emptyDir at /tmp, with the pod's directory under /tmp) would hide it.
+    mounts = sorted(spec["mounts"], key=lambda m: Path(m["target"]).parts)  # parents before children
+    sources = [os.open(m["source"], os.O_PATH) for m in mounts]
+    for mount, fd in zip(mounts, sources, strict=True):
         _ensure_mountpoint(Path(mount["target"]), log=Path(spec["mountpoints_log"]))
-        _mount(["--bind", mount["source"], mount["target"]])
+        _mount(["--bind", f"/proc/{os.getpid()}/fd/{fd}", mount["target"]])  # our fd, seen by mount(8)
         if mount["read_only"]:
             _mount(["-o", "remount,bind,ro", mount["target"]])
+    for fd in sources:
+        os.close(fd)
     if spec.get("working_dir"):
         os.chdir(spec["working_dir"])
     argv: list[str] = ["setpriv"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,7 +86,15 @@ def build_registry(*, settings: OperatorSettings, kube: Kube) -> kopf.OperatorRe
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # A bare registry has no default login handlers: in a pod the ServiceAccount, else KUBECONFIG.
         info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-        return info or kopf.login_with_kubeconfig(**kwargs)
+        if info is None:
+            return kopf.login_with_kubeconfig(**kwargs)
+        # Kopf names the server https://kubernetes.default.svc, which needs cluster DNS; the
+        # variables the kubelet sets work wherever the pod runs (as the kubernetes client does).
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+        if host and port:
+            host = f"[{host}]" if ":" in host else host
+            info = dataclasses.replace(info, server=f"https://{host}:{port}")
+        return info
 
     @kopf.timer(
         GROUP,
@@ -133,7 +142,13 @@ def build_registry(*, settings: OperatorSettings, kube: Kube) -> kopf.OperatorRe
     if settings.webhook_enabled:
 
         @kopf.on.validate(
-            GROUP, VERSION, PLURAL, operations=["CREATE", "UPDATE"], registry=registry, id="validate"
+            GROUP,
+            VERSION,
+            PLURAL,
+            operations=["CREATE", "UPDATE"],
+            ignore_failures=settings.webhook_failure_policy == "Ignore",
+            registry=registry,
+            id="validate",
         )
         def validate(body: kopf.Body, **kwargs: Any) -> None:
             operation = str(kwargs.get("operation") or "CREATE")

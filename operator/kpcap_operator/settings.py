@@ -30,6 +30,8 @@ class OperatorSettings:
     """A Secret in the operator's namespace whose keys become the agents' environment (storage
     credentials for the SDKs' standard chains, e.g. AWS_ACCESS_KEY_ID); optional."""
     webhook_enabled: bool = True
+    webhook_failure_policy: str = "Fail"
+    """Fail: no capture is created while the webhook is down; Ignore: the operator still validates."""
     webhook_port: int = 9443
     webhook_host: str = ""
     """Address the apiserver calls the webhook on (the pod IP or a Service name); empty: no webhook."""
@@ -54,6 +56,12 @@ class OperatorSettings:
                 raise SettingsError(f"{name}: must be an integer from {low} to {high}, got {value}")
             return value
 
+        def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+            value = source.get(name) or default
+            if value not in allowed:
+                raise SettingsError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
+            return value
+
         namespace = source.get("KPCAP_NAMESPACE", "")
         if not namespace:
             raise SettingsError(
@@ -73,6 +81,7 @@ class OperatorSettings:
             agent_priority_class=source.get("KPCAP_AGENT_PRIORITY_CLASS", ""),
             agent_credentials_secret=source.get("KPCAP_AGENT_CREDENTIALS_SECRET", ""),
             webhook_enabled=source.get("KPCAP_WEBHOOK_ENABLED", "true").lower() == "true",
+            webhook_failure_policy=choice("KPCAP_WEBHOOK_FAILURE_POLICY", "Fail", ("Fail", "Ignore")),
             webhook_port=integer("KPCAP_WEBHOOK_PORT", 9443, 1, 65535),
             webhook_host=source.get("KPCAP_WEBHOOK_HOST", ""),
             webhook_service=source.get("KPCAP_WEBHOOK_SERVICE", ""),

@@ -120,7 +120,13 @@ def test_daemonset_pods_run_in_each_nodes_namespace(
         running = [p for p in pods if p.status.phase == "Running"]
         return running if len(running) == len(local_cluster.nodes) else None
 
-    pods = wait_for(all_running, timeout=60, what="a running DaemonSet pod on every node")
+    try:
+        pods = wait_for(all_running, timeout=90, what="a running DaemonSet pod on every node")
+    except BaseException:
+        for pod in core.list_namespaced_pod(namespace, label_selector="app=ifaces").items:
+            print(pod.metadata.name, pod.spec.node_name, pod.status.phase, pod.status.container_statuses)
+        print(local_cluster.kubectl("get", "nodes", "-o", "wide").stdout)
+        raise
     assert {p.spec.node_name for p in pods} == {n.name for n in local_cluster.nodes}
     for pod in pods:
         node = local_cluster.node(pod.spec.node_name)
@@ -405,3 +411,41 @@ def test_teardown_leaves_no_namespace_link_or_process() -> None:
     assert netns not in network.ip("netns", "list")
     assert not [line for line in network.ip("-br", "link").splitlines() if run_id in line]
     assert not cluster.state_dir.exists()
+
+
+def test_volumes_mount_in_the_container_only(
+    local_cluster: LocalCluster, core: client.CoreV1Api, namespace: str
+) -> None:
+    """An emptyDir over /tmp (where the harness keeps pod directories) and a ConfigMap beside it."""
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "settings"}, "data": {"greeting": "hello"}}
+    )
+    marker = f"kpcap-volume-{secrets.token_hex(4)}"
+    script = (
+        "import pathlib, sys;"
+        f"pathlib.Path('/tmp/{marker}').write_text('private');"
+        "print('greeting=' + pathlib.Path('/etc/kpcap-settings/greeting').read_text());"
+        "print('token=' + str(pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount/token').exists()));"
+        "print('READY', flush=True)"
+    )
+    pod = _pod("volumes", args=[])
+    pod["spec"]["containers"][0].update(
+        command=["python3", "-c", script],
+        volumeMounts=[
+            {"name": "scratch", "mountPath": "/tmp"},
+            {"name": "settings", "mountPath": "/etc/kpcap-settings", "readOnly": True},
+        ],
+    )
+    pod["spec"]["volumes"] = [
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "settings", "configMap": {"name": "settings"}},
+    ]
+    core.create_namespaced_pod(namespace, pod)
+    logs = wait_for(
+        lambda: _logs_with(local_cluster, namespace, "volumes", "READY"),
+        timeout=30,
+        what="the pod to read its volumes",
+    )
+    assert "greeting=hello" in logs
+    assert "token=True" in logs
+    assert not Path(f"/tmp/{marker}").exists(), "the emptyDir, not the host's /tmp, took the write"

@@ -1,0 +1,818 @@
+"""The Helm chart: lint, schema, rendering, server-side dry-run, and kpcap installed from it end to end.
+
+Rendering uses the real helm binary (hack/install-tools.sh caches it). The e2e tests apply the
+rendered chart to the local cluster, so the operator and the capture agents run as pods through the
+process kubelet with exactly the chart's ServiceAccounts and RBAC.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage as gcs
+from kubernetes import client
+from scapy.layers.inet import UDP
+from scapy.utils import PcapReader
+
+from kpcap.crd import load_crd
+from kpcap_localcluster.binaries import tool
+from kpcap_localcluster.cluster import LocalCluster
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kpcap"
+HERE = Path(__file__).parent
+EVERYTHING = HERE / "values-everything.yaml"
+KUBE_VERSION = "1.20.2"  # the local apiserver's
+
+RELEASE = "kpcap-chart"  # distinct names from the other suites' hand-made kpcap-agent RBAC
+NAMESPACE = "kpcap-system"
+SECRET = "kpcap-chart-storage"
+OPERATOR_SA = f"{RELEASE}-operator"
+AGENT_SA = f"{RELEASE}-agent"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("helm"), *args], capture_output=True, text=True, check=check)
+
+
+def render(
+    *,
+    release: str = "kpcap",
+    namespace: str = NAMESPACE,
+    values: tuple[Path, ...] = (),
+    kube_version: str = KUBE_VERSION,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", kube_version]
+    for path in values:
+        args += ["--values", str(path)]
+    return helm(*args, check=check)
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
+    path = tmp_path / f"values-{secrets.token_hex(3)}.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+# --- no cluster needed ------------------------------------------------------------------------
+
+
+def test_helm_lint_passes_with_default_and_every_setting() -> None:
+    for extra in ([], ["--values", str(EVERYTHING)]):
+        for kube in ("1.20.2", "1.30.0"):
+            result = helm("lint", str(CHART), "--strict", "--kube-version", kube, *extra, check=False)
+            assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chart_crd_is_byte_identical_to_the_source_of_truth() -> None:
+    assert (CHART / "crds" / "packetcapture.yaml").read_bytes() == (
+        ROOT / "crds" / "packetcapture.yaml"
+    ).read_bytes()
+
+
+def _leaves(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Paths to scalars, lists and empty maps (the settable things) of a values tree."""
+    if isinstance(values, dict) and values:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(_leaves(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: values}
+
+
+def _lookup(values: dict[str, Any], path: str) -> Any:
+    node: Any = values
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return KeyError(path)
+        node = node[part]
+    return node
+
+
+def test_the_every_setting_values_file_changes_every_value() -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    everything = yaml.safe_load(EVERYTHING.read_text(encoding="utf-8"))
+    unchanged = [
+        path
+        for path, value in _leaves(defaults).items()
+        if isinstance(_lookup(everything, path), KeyError) or _lookup(everything, path) == value
+    ]
+    # Booleans that must stay true for the rest to render (a disabled sampler/webhook/metrics/PDB
+    # would hide its settings); the disabled paths are rendered in test_switches_remove_their_objects.
+    kept_true = {
+        "operator.peering.enabled",
+        "operator.serviceAccount.create",
+        "agent.serviceAccount.create",
+        "webhook.enabled",
+        "metrics.enabled",
+        "podDisruptionBudget.enabled",
+        "operator.podSecurityContext.runAsNonRoot",
+        "operator.podSecurityContext.seccompProfile.type",
+        "operator.securityContext.allowPrivilegeEscalation",
+        "operator.securityContext.privileged",
+        "operator.securityContext.readOnlyRootFilesystem",
+        "operator.securityContext.capabilities.drop",
+    }
+    assert set(unchanged) <= kept_true, f"values-everything.yaml leaves these at their default: {unchanged}"
+
+
+def test_every_value_is_commented() -> None:
+    lines = (CHART / "values.yaml").read_text(encoding="utf-8").splitlines()
+    uncommented = []
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        value = stripped.split(":", 1)[1].strip()
+        if value == "" and index + 1 < len(lines):
+            next_line = lines[index + 1]
+            if len(next_line) - len(next_line.lstrip()) > indent and not next_line.strip().startswith("-"):
+                continue  # a section: its keys carry the comments
+        above = lines[index - 1].strip() if index else ""
+        parent_documented = indent > 0 and above and not above.startswith("#") and ":" in above
+        if not above.startswith("#") and not parent_documented:
+            uncommented.append(stripped)
+    assert not uncommented, f"values without a comment: {uncommented}"
+
+
+@pytest.mark.parametrize(
+    ("values", "messages"),
+    [
+        (
+            {"operator": {"reportGraceSeconds": "sixty"}},
+            ["/operator/reportGraceSeconds", "got string, want integer"],
+        ),
+        ({"operator": {"replica": 2}}, ["/operator", "additional properties 'replica' not allowed"]),
+        ({"sampler": {"enabled": "yes"}}, ["/sampler/enabled", "got string, want boolean"]),
+        ({"webhook": {"failurePolicy": "Maybe"}}, ["/webhook/failurePolicy", "'Fail', 'Ignore'"]),
+        ({"operator": {"reportGraceSeconds": 1}}, ["/operator/reportGraceSeconds", "minimum"]),
+        ({"agent": {"image": {"repository": "ghcr.io/x/tcpdump"}}}, ["/agent/image/repository"]),
+        ({"storage": {"credentialsSecret": "Not_A_Name"}}, ["/storage/credentialsSecret"]),
+        ({"mystery": True}, ["additional properties 'mystery' not allowed"]),
+    ],
+)
+def test_bad_values_fail_with_the_schema_message_naming_the_key(
+    tmp_path: Path, values: dict[str, Any], messages: list[str]
+) -> None:
+    result = render(values=(values_file(tmp_path, values),), check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
+    for message in messages:
+        assert message in result.stderr, result.stderr
+
+
+def test_more_replicas_need_peering(tmp_path: Path) -> None:
+    result = render(values=(values_file(tmp_path, {"operator": {"replicas": 2}}),), check=False)
+    assert result.returncode != 0
+    assert "operator.replicas > 1 needs operator.peering.enabled" in result.stderr
+
+
+def test_default_render_is_locked_down() -> None:
+    docs = documents(render().stdout)
+    kinds = sorted(doc["kind"] for doc in docs)
+    assert kinds == sorted(
+        [
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "ServiceAccount",
+        ]
+    )
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "standalone: never two operators at once"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/kpcap/kpcap-operator:0.1.0"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/var/tmp"} in container["volumeMounts"]
+    assert {"name": "TMPDIR", "value": "/var/tmp"} in container["env"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["KPCAP_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["KPCAP_AGENT_IMAGE"] == "ghcr.io/kpcap/kpcap-agent:0.1.0"
+    assert env["KPCAP_AGENT_SERVICE_ACCOUNT"] == "kpcap-agent"
+    assert env["KPCAP_WEBHOOK_SERVICE"] == "kpcap-webhook"
+    assert env["KPCAP_PEERING"] == ""
+    assert "KPCAP_AGENT_CREDENTIALS_SECRET" not in env
+    (agent_role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kpcap-agent"]
+    assert agent_role["rules"] == [
+        {"apiGroups": ["kpcap.io"], "resources": ["packetcaptures"], "verbs": ["get"]},
+        {"apiGroups": ["kpcap.io"], "resources": ["packetcaptures/status"], "verbs": ["patch"]},
+    ]
+    (webhook_service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "kpcap-webhook"]
+    assert webhook_service["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+
+
+def test_pdb_api_version_follows_the_server() -> None:
+    def pdb(kube: str, *extra: str) -> str:
+        out = helm(
+            "template",
+            "kpcap",
+            str(CHART),
+            "--kube-version",
+            kube,
+            *extra,
+            "--show-only",
+            "templates/pdb.yaml",
+        ).stdout
+        return str(documents(out)[0]["apiVersion"])
+
+    assert pdb("1.20.2") == "policy/v1beta1"
+    assert pdb("1.30.0") == "policy/v1"
+
+
+def test_switches_remove_their_objects(tmp_path: Path) -> None:
+    off = {
+        "webhook": {"enabled": False},
+        "metrics": {"enabled": False},
+        "podDisruptionBudget": {"enabled": False},
+        "operator": {"serviceAccount": {"create": False}},
+        "agent": {"serviceAccount": {"create": False}},
+    }
+    docs = documents(render(values=(values_file(tmp_path, off),)).stdout)
+    assert not by_kind(docs, "Service")
+    assert not by_kind(docs, "PodDisruptionBudget")
+    assert not by_kind(docs, "ServiceAccount")
+    operator_role = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kpcap-operator")
+    assert all("admissionregistration.k8s.io" not in r["apiGroups"] for r in operator_role["rules"])
+    env = {
+        e["name"]: e.get("value")
+        for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["KPCAP_WEBHOOK_ENABLED"] == "false"
+    assert env["KPCAP_METRICS_PORT"] == "0"
+
+
+def test_every_setting_reaches_the_manifests() -> None:
+    docs = documents(render(values=(EVERYTHING,)).stdout)
+    (sampler,) = by_kind(docs, "DaemonSet")
+    spec = sampler["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["args"] == ["sample"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"]}
+    assert container["securityContext"]["privileged"] is False
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KPCAP_AGENT_IMAGE"] == ("registry.example/kpcap/kpcap-agent@sha256:" + "1" * 64)
+    assert env["KPCAP_PEERING"] == "kpcap-peers"
+    assert env["KPCAP_WATCH_NAMESPACES"] == "team-a,team-b"
+    assert env["KPCAP_AGENT_CREDENTIALS_SECRET"] == "kpcap-storage"
+    assert env["KPCAP_WEBHOOK_CERT_DIR"] == "/etc/kpcap/webhook-tls"
+    assert env["KPCAP_LIVENESS_ENDPOINT"] == "http://0.0.0.0:18081/healthz"
+    rules = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kpcap-every-operator")[
+        "rules"
+    ]
+    assert {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["kopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    } in rules
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in rules
+
+
+# --- against the local apiserver --------------------------------------------------------------
+
+
+def _apply_crd(cluster: LocalCluster) -> None:
+    # The chart's copy, without CEL: the local apiserver is 1.20.
+    crd = load_crd(CHART / "crds" / "packetcapture.yaml", strip_cel=True)
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/packetcaptures.kpcap.io", "--timeout=60s")
+
+
+def _ensure_namespace(cluster: LocalCluster, name: str) -> bool:
+    """Create ``name`` unless it exists; True if this call created it."""
+    if cluster.kubectl("get", "namespace", name, check=False).returncode == 0:
+        return False
+    cluster.kubectl("create", "namespace", name)
+    return True
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("values", [(), (EVERYTHING,)], ids=["defaults", "every-setting"])
+def test_server_side_dry_run_accepts_the_rendered_chart(
+    local_cluster: LocalCluster, values: tuple[Path, ...]
+) -> None:
+    _apply_crd(local_cluster)
+    _ensure_namespace(local_cluster, "kpcap-dryrun")
+    manifests = render(namespace="kpcap-dryrun", values=values).stdout
+    result = local_cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=manifests, check=False)
+    assert result.returncode == 0, result.stderr
+    created = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
+    assert len(created) == len(documents(manifests)), result.stdout
+
+
+# --- installed from the chart, end to end -----------------------------------------------------
+
+
+def _operator_pods(cluster: LocalCluster) -> list[dict[str, Any]]:
+    out = cluster.kubectl(
+        "get",
+        "pods",
+        "-n",
+        NAMESPACE,
+        "-o",
+        "json",
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator",
+    ).stdout
+    return list(json.loads(out)["items"])
+
+
+def _webhook_points_at_the_service(cluster: LocalCluster) -> bool:
+    result = cluster.kubectl("get", "validatingwebhookconfiguration", "kpcap.io", "-o", "json", check=False)
+    if result.returncode != 0:
+        return False
+    hooks = json.loads(result.stdout).get("webhooks") or []
+    return any(
+        (h.get("clientConfig", {}).get("service") or {}).get("name") == f"{RELEASE}-webhook" for h in hooks
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(
+    local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    cluster = local_cluster
+    assert cluster.s3 is not None
+    assert cluster.gcs is not None
+    _apply_crd(cluster)
+    created_namespace = _ensure_namespace(cluster, NAMESPACE)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": NAMESPACE},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "STORAGE_EMULATOR_HOST": cluster.gcs.endpoint,
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
+    values = {
+        "operator": {
+            "image": {"repository": "registry.example/kpcap/kpcap-operator", "tag": "test"},
+            "reportGraceSeconds": 10,
+        },
+        "agent": {"image": {"repository": "registry.example/kpcap/kpcap-agent", "tag": "test"}},
+        "storage": {"credentialsSecret": SECRET},
+    }
+    path = values_file(tmp_path_factory.mktemp("chart"), values)
+    manifests = render(release=RELEASE, values=(path,)).stdout
+    started = time.monotonic()
+    cluster.kubectl("apply", "-f", "-", stdin=manifests)
+    try:
+        wait_for(
+            lambda: any(p["status"].get("phase") == "Running" for p in _operator_pods(cluster)),
+            timeout=90,
+            what="the operator pod to run",
+        )
+        wait_for(
+            lambda: _webhook_points_at_the_service(cluster),
+            timeout=60,
+            what="the ValidatingWebhookConfiguration kpcap.io pointing at the webhook Service",
+        )
+        print(f"chart installed, operator running, webhook registered in {time.monotonic() - started:.1f}s")
+        yield cluster
+    finally:
+        for pod in _operator_pods(cluster):
+            print(cluster.pod_logs(namespace=NAMESPACE, pod=pod["metadata"]["name"])[-6000:])
+        cluster.kubectl(
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+            "-f",
+            "-",
+            stdin=manifests,
+            check=False,
+        )
+        wait_for(lambda: not _operator_pods(cluster), timeout=60, what="the operator pod to go")
+        for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+            cluster.kubectl("delete", kind, "kpcap.io", "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "secret", "-n", NAMESPACE, SECRET, "--ignore-not-found", check=False)
+        if created_namespace:
+            cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def _send(cluster: LocalCluster, *, src: str, dst: str, port: int, count: int, payload: str) -> None:
+    cluster.run_in_node(
+        src,
+        [
+            sys.executable,
+            "-m",
+            "kpcap_localcluster.traffic",
+            "send",
+            "--dst",
+            cluster.node(dst).address,
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--payload",
+            payload,
+            "--interval",
+            "0.002",
+        ],
+    )
+
+
+def _udp_payloads(pcap: bytes) -> list[tuple[int, bytes]]:
+    return [(int(p[UDP].dport), bytes(p[UDP].payload)) for p in PcapReader(io.BytesIO(pcap)) if UDP in p]
+
+
+def _pcaps_row(cluster: LocalCluster, namespace: str, name: str) -> list[str]:
+    """`kubectl get pcaps` as a user reads it: NAME TYPE STATUS PACKETS AGE."""
+    out = cluster.kubectl("get", "pcaps", "-n", namespace, name, "--no-headers", check=False).stdout
+    return out.split()
+
+
+def _capture(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("get", "pcap", "-n", namespace, name, "-o", "json").stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def _daemonsets(cluster: LocalCluster, cid: str) -> list[Any]:
+    out = cluster.kubectl(
+        "get", "daemonsets", "-n", NAMESPACE, "-l", f"kpcap.io/capture-id={cid}", "-o", "json"
+    ).stdout
+    return list(json.loads(out)["items"])
+
+
+def _run_capture(
+    cluster: LocalCluster,
+    namespace: str,
+    tmp_path: Path,
+    *,
+    name: str,
+    destination: str,
+    marker: str,
+    time_limit: int = 6,
+) -> tuple[dict[str, Any], list[str]]:
+    """kubectl apply a full capture on colo-a; send traffic from kpcap-node-3; wait for the end."""
+    manifest = tmp_path / f"{name}.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kpcap.io/v1alpha1",
+                "kind": "PacketCapture",
+                "metadata": {"name": name},
+                "spec": {
+                    "type": "full",
+                    "timeLimit": time_limit,
+                    "packetLimit": 1000,
+                    "colo": "colo-a",
+                    "destinationConf": destination,
+                    "filter": {"protocol": 17, "destinationPort": 7777},
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    started = time.monotonic()
+    cluster.kubectl("apply", "-n", namespace, "-f", str(manifest))
+    seen: list[str] = []
+    sent = False
+    deadline = time.monotonic() + 120
+    row: list[str] = []
+    while time.monotonic() < deadline:
+        row = _pcaps_row(cluster, namespace, name)
+        if len(row) >= 3 and row[2] not in seen:
+            seen.append(row[2])
+        if len(row) >= 3 and row[2] in {"success", "failed"}:
+            break
+        if not sent and len((_capture(cluster, namespace, name).get("status") or {}).get("nodes") or {}) == 2:
+            for dst in ("kpcap-node-1", "kpcap-node-2"):
+                _send(cluster, src="kpcap-node-3", dst=dst, port=7777, count=25, payload=marker)
+                _send(cluster, src="kpcap-node-3", dst=dst, port=8888, count=25, payload=marker)
+            sent = True
+        time.sleep(0.2)
+    print(
+        f"{name}: kubectl apply -> {row[2] if len(row) > 2 else '?'} in {time.monotonic() - started:.1f}s;"
+        f" statuses seen {seen}; last row {row}"
+    )
+    return _capture(cluster, namespace, name), seen
+
+
+def _cleanup(cluster: LocalCluster, namespace: str) -> None:
+    # While the operator still runs, so its finalizer comes off.
+    cluster.kubectl("delete", "pcaps", "--all", "-n", namespace, "--wait=true", "--timeout=60s", check=False)
+
+
+@pytest.mark.e2e
+def test_installed_chart_runs_a_full_capture_to_s3(
+    installed: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    cluster = installed
+    assert cluster.s3 is not None
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=cluster.s3.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    bucket = f"kpcap-chart-{secrets.token_hex(4)}"
+    s3.create_bucket(Bucket=bucket)
+    marker = f"c-{secrets.token_hex(6)}"
+    destination = f"s3://{bucket}/captures?region=us-east-1&endpoint={cluster.s3.endpoint}"
+    try:
+        final, seen = _run_capture(
+            cluster, namespace, tmp_path, name="chart-s3", destination=destination, marker=marker
+        )
+        status = final.get("status") or {}
+        assert status.get("status") == "success", status
+        assert "pending" in seen or "running" in seen, f"kubectl get pcaps went {seen}"
+        row = _pcaps_row(cluster, namespace, "chart-s3")
+        assert row[1:4] == ["full", "success", "50"], row
+        cid = final["metadata"]["uid"].replace("-", "")
+        for node in ("kpcap-node-1", "kpcap-node-2"):
+            key = f"captures/pcap_{cid}/{node}.pcap"
+            assert f"s3://{bucket}/{key}" in status["files"]
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert _udp_payloads(body) == [(7777, marker.encode())] * 25, "exactly the matching packets"
+        wait_for(lambda: not _daemonsets(cluster, cid), timeout=30, what="the capture's DaemonSet to go")
+    finally:
+        _cleanup(cluster, namespace)
+
+
+@pytest.mark.e2e
+def test_installed_chart_runs_a_full_capture_to_gcs(
+    installed: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    cluster = installed
+    assert cluster.gcs is not None
+    bucket = f"kpcap-chart-{secrets.token_hex(4)}"
+    storage = gcs.Client(
+        project="kpcap-test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": cluster.gcs.endpoint},
+    )
+    storage.create_bucket(bucket)
+    marker = f"g-{secrets.token_hex(6)}"
+    try:
+        final, _ = _run_capture(
+            cluster, namespace, tmp_path, name="chart-gcs", destination=f"gs://{bucket}/pcaps", marker=marker
+        )
+        status = final.get("status") or {}
+        assert status.get("status") == "success", status
+        assert status["packetsCaptured"] == 50
+        cid = final["metadata"]["uid"].replace("-", "")
+        for node in ("kpcap-node-1", "kpcap-node-2"):
+            blob = storage.bucket(bucket).blob(f"pcaps/pcap_{cid}/{node}.pcap")
+            assert _udp_payloads(blob.download_as_bytes()) == [(7777, marker.encode())] * 25
+        wait_for(lambda: not _daemonsets(cluster, cid), timeout=30, what="the capture's DaemonSet to go")
+    finally:
+        _cleanup(cluster, namespace)
+
+
+# --- RBAC: sufficient (the tests above) and minimal (below) ------------------------------------
+# Every API call the operator (with Kopf) and the agent make, from reading their code, and the
+# behaviour that needs it. Each verb of each rule of the chart's roles must be the only grant of at
+# least one of these calls.
+
+Call = tuple[str, str, str, str, str, str]  # verb, group, resource (with /subresource), namespace, name, why
+OPERATOR_CALLS: list[Call] = [
+    ("list", "kpcap.io", "packetcaptures", "", "", "Kopf lists captures in every namespace"),
+    ("watch", "kpcap.io", "packetcaptures", "", "", "Kopf watches captures (new ones start)"),
+    ("patch", "kpcap.io", "packetcaptures", "users-ns", "c", "Kopf adds/removes finalizer kpcap.io/cleanup"),
+    ("patch", "kpcap.io", "packetcaptures/status", "users-ns", "c", "the reconciled status is written"),
+    ("create", "", "events", "users-ns", "", "events on the capture"),
+    ("list", "", "nodes", "", "", "target nodes resolved from colo/nodeSelector"),
+    ("list", "apiextensions.k8s.io", "customresourcedefinitions", "", "", "Kopf notices a (re)created CRD"),
+    ("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", "", "Kopf notices a (re)created CRD"),
+    (
+        "create",
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "",
+        "",
+        "Kopf creates the webhook configuration kpcap.io",
+    ),
+    (
+        "patch",
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "",
+        "kpcap.io",
+        "Kopf points kpcap.io at the webhook Service with its CA",
+    ),
+    (
+        "create",
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "",
+        "",
+        "Kopf creates the (empty) mutating configuration kpcap.io, else the operator stops",
+    ),
+    (
+        "patch",
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "",
+        "kpcap.io",
+        "Kopf keeps the mutating kpcap.io in step, else the operator stops",
+    ),
+    ("create", "apps", "daemonsets", NAMESPACE, "", "a full capture's DaemonSet is created"),
+    ("list", "apps", "daemonsets", NAMESPACE, "", "a capture's DaemonSets are found by label"),
+    ("delete", "apps", "daemonsets", NAMESPACE, "x", "the DaemonSet is deleted when the capture ends"),
+]
+AGENT_CALLS: list[Call] = [
+    ("get", "kpcap.io", "packetcaptures", "users-ns", "c", "the agent reads its capture (stop, restarts)"),
+    ("patch", "kpcap.io", "packetcaptures/status", "users-ns", "c", "the agent reports its node's result"),
+]
+NOT_GRANTED: list[tuple[str, Call]] = [
+    (OPERATOR_SA, ("get", "", "secrets", NAMESPACE, "", "")),
+    (OPERATOR_SA, ("create", "", "pods", NAMESPACE, "", "")),
+    (OPERATOR_SA, ("create", "apps", "daemonsets", "default", "", "")),
+    (OPERATOR_SA, ("delete", "kpcap.io", "packetcaptures", "users-ns", "c", "")),
+    (
+        OPERATOR_SA,
+        ("patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "other", ""),
+    ),
+    (AGENT_SA, ("list", "kpcap.io", "packetcaptures", "", "", "")),
+    (AGENT_SA, ("create", "kpcap.io", "packetcaptures", "users-ns", "", "")),
+    (AGENT_SA, ("patch", "kpcap.io", "packetcaptures", "users-ns", "c", "")),
+    (AGENT_SA, ("get", "", "secrets", NAMESPACE, "", "")),
+]
+
+
+def _allowed(authz: client.AuthorizationV1Api, sa: str, call: Call) -> bool:
+    verb, group, resource, namespace, name, _ = call
+    resource, _, subresource = resource.partition("/")
+    review = authz.create_subject_access_review(
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{NAMESPACE}:{sa}",
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{NAMESPACE}",
+                    "system:authenticated",
+                ],
+                "resourceAttributes": {
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "subresource": subresource,
+                    "namespace": namespace,
+                    "name": name,
+                },
+            },
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def _denied(authz: client.AuthorizationV1Api, sa: str, calls: list[Call]) -> list[Call]:
+    return [call for call in calls if not _allowed(authz, sa, call)]
+
+
+def _all_allowed(authz: client.AuthorizationV1Api, sa: str, calls: list[Call]) -> bool:
+    return all(_allowed(authz, sa, call) for call in calls)
+
+
+def _roles(cluster: LocalCluster) -> list[tuple[str, str, list[Call]]]:
+    """(kubectl kind/name, namespace, calls of its subject) for the chart's three roles."""
+    del cluster
+    return [
+        (f"clusterrole/{RELEASE}-operator", "", OPERATOR_CALLS),
+        (f"role/{RELEASE}-operator", NAMESPACE, OPERATOR_CALLS),
+        (f"clusterrole/{RELEASE}-agent", "", AGENT_CALLS),
+    ]
+
+
+@pytest.mark.e2e
+def test_rbac_each_verb_of_each_rule_is_needed(installed: LocalCluster) -> None:
+    cluster = installed
+    authz = client.AuthorizationV1Api(cluster.api_client())
+    for call in OPERATOR_CALLS:
+        assert _allowed(authz, OPERATOR_SA, call), f"operator cannot {call}"
+    for call in AGENT_CALLS:
+        assert _allowed(authz, AGENT_SA, call), f"agent cannot {call}"
+    for sa, call in NOT_GRANTED:
+        assert not _allowed(authz, sa, call), f"{sa} may {call} but should not"
+
+    table: list[str] = []
+    for ref, namespace, calls in _roles(cluster):
+        sa = AGENT_SA if "agent" in ref else OPERATOR_SA
+        ns_args = ["-n", namespace] if namespace else []
+        original = json.loads(cluster.kubectl("get", ref, *ns_args, "-o", "json").stdout)
+        for index, rule in enumerate(original["rules"]):
+            for verb in rule["verbs"]:
+                reduced = json.loads(json.dumps(original))
+                for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "annotations"):
+                    reduced["metadata"].pop(key, None)
+                rest = [v for v in rule["verbs"] if v != verb]
+                if rest:
+                    reduced["rules"][index]["verbs"] = rest
+                else:
+                    del reduced["rules"][index]
+                cluster.kubectl("replace", "-f", "-", stdin=json.dumps(reduced))
+                try:
+                    broken = wait_for(
+                        functools.partial(_denied, authz, sa, [c for c in calls if c[0] == verb]),
+                        timeout=10,
+                        interval=0.3,
+                        what=f"a call to be denied without {verb} on {rule['resources']} in {ref}",
+                    )
+                finally:
+                    restore = {**original, "metadata": reduced["metadata"]}
+                    cluster.kubectl("replace", "-f", "-", stdin=json.dumps(restore))
+                table.append(f"{ref} {rule['resources']} {verb}: breaks {sorted({c[5] for c in broken})}")
+                wait_for(
+                    functools.partial(_all_allowed, authz, sa, [c for c in calls if c[0] == verb]),
+                    timeout=10,
+                    interval=0.3,
+                    what=f"{ref} restored",
+                )
+    print("\n".join(table))
+    # Sufficient for the operator itself too: it never restarted and was never refused anything.
+    pods = _operator_pods(cluster)
+    assert [s["restartCount"] for p in pods for s in p["status"]["containerStatuses"]] == [0], pods
+    logs = cluster.pod_logs(namespace=NAMESPACE, pod=pods[0]["metadata"]["name"])
+    assert "Forbidden" not in logs, logs[-4000:]
+
+
+@pytest.mark.e2e
+def test_rbac_without_status_patch_the_agents_cannot_report(
+    installed: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    """Behaviour, not just authorisation: the same capture fails when the agents may not report."""
+    cluster = installed
+    ref = f"clusterrole/{RELEASE}-agent"
+    original = json.loads(cluster.kubectl("get", ref, "-o", "json").stdout)
+    reduced = json.loads(json.dumps(original))
+    reduced["rules"] = [r for r in reduced["rules"] if r["resources"] != ["packetcaptures/status"]]
+    cluster.kubectl("replace", "-f", "-", stdin=json.dumps(reduced))
+    try:
+        assert cluster.s3 is not None
+        bucket = f"kpcap-chart-{secrets.token_hex(4)}"
+        boto3.client(
+            "s3",
+            endpoint_url=cluster.s3.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ).create_bucket(Bucket=bucket)
+        final, _ = _run_capture(
+            cluster,
+            namespace,
+            tmp_path,
+            name="no-report",
+            time_limit=2,
+            marker="x",
+            destination=f"s3://{bucket}/x?region=us-east-1&endpoint={cluster.s3.endpoint}",
+        )
+        status = final.get("status") or {}
+        assert status.get("status") == "failed", status
+        assert not status.get("nodes"), "no agent could write its node's entry"
+    finally:
+        current = json.loads(cluster.kubectl("get", ref, "-o", "json").stdout)
+        cluster.kubectl("replace", "-f", "-", stdin=json.dumps({**original, "metadata": current["metadata"]}))
+        _cleanup(cluster, namespace)
