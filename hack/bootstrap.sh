@@ -16,8 +16,12 @@ stamp=".venv/.kpcap-installed"
 want="$(sha256sum constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   log "installing Python packages (pinned by constraints.txt)"
-  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 \
-    | grep -v -E "^WARNING: Location|^ *$" >&2 || true
+  mkdir -p .venv/logs
+  if ! .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' \
+      > .venv/logs/pip-install.log 2>&1; then
+    tail -40 .venv/logs/pip-install.log >&2
+    exit 1
+  fi
   .venv/bin/pip check >&2
   echo "$want" > "$stamp"
 fi

@@ -20,10 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from kubernetes import client, config
 
@@ -344,6 +344,30 @@ class LocalCluster:
             check=check,
         )
 
+    def send_udp(
+        self, *, src: str, dst: str, port: int, count: int, payload: str, interval: float = 0.002
+    ) -> None:
+        """``count`` UDP datagrams from node ``src`` to node ``dst``'s address, ``payload`` in each."""
+        self.run_in_node(
+            src,
+            [
+                sys.executable,
+                "-m",
+                "kpcap_localcluster.traffic",
+                "send",
+                "--dst",
+                self.node(dst).address,
+                "--port",
+                str(port),
+                "--count",
+                str(count),
+                "--payload",
+                payload,
+                "--interval",
+                str(interval),
+            ],
+        )
+
     def popen_in_node(self, node: str, argv: Sequence[str]) -> subprocess.Popen[str]:
         return subprocess.Popen(
             ["ip", "netns", "exec", self.node(node).netns, *argv],
@@ -369,7 +393,3 @@ class LocalCluster:
         if self.gcs:
             out["KPCAP_TEST_GCS_ENDPOINT"] = self.gcs.endpoint
         return out
-
-
-def iter_json(raw: Any) -> Iterator[Any]:
-    yield from raw if isinstance(raw, list) else [raw]

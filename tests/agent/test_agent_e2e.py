@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import secrets
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,8 +12,6 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 from kubernetes import client
-from scapy.layers.inet import UDP
-from scapy.utils import PcapReader
 
 from kpcap_localcluster.cluster import LocalCluster
 from tests.conftest import wait_for
@@ -28,6 +24,7 @@ from tests.operator.conftest import (  # noqa: F401 - kpcap_installed is a fixtu
     kpcap_installed,
     operator_fixture,
 )
+from tests.pcaps import udp_payloads
 
 pytestmark = pytest.mark.e2e
 
@@ -83,32 +80,6 @@ def _s3(cluster: LocalCluster) -> Any:
     )
 
 
-def _send(cluster: LocalCluster, *, src: str, dst: str, port: int, count: int, payload: str) -> None:
-    cluster.run_in_node(
-        src,
-        [
-            sys.executable,
-            "-m",
-            "kpcap_localcluster.traffic",
-            "send",
-            "--dst",
-            cluster.node(dst).address,
-            "--port",
-            str(port),
-            "--count",
-            str(count),
-            "--payload",
-            payload,
-            "--interval",
-            "0.002",
-        ],
-    )
-
-
-def _udp_payloads(pcap: bytes) -> list[tuple[int, bytes]]:
-    return [(int(p[UDP].dport), bytes(p[UDP].payload)) for p in PcapReader(io.BytesIO(pcap)) if UDP in p]
-
-
 def _run_capture(
     captures: Captures, cluster: LocalCluster, *, name: str, destination: str, marker: str
 ) -> dict[str, Any]:
@@ -131,8 +102,8 @@ def _run_capture(
         print(cluster.pod_logs(namespace=OPERATOR_NAMESPACE, pod="kpcap-capture-*"))
         raise
     for dst in ("kpcap-node-1", "kpcap-node-2"):
-        _send(cluster, src="kpcap-node-3", dst=dst, port=7777, count=25, payload=marker)
-        _send(cluster, src="kpcap-node-3", dst=dst, port=8888, count=25, payload=marker)
+        cluster.send_udp(src="kpcap-node-3", dst=dst, port=7777, count=25, payload=marker)
+        cluster.send_udp(src="kpcap-node-3", dst=dst, port=8888, count=25, payload=marker)
     final = captures.wait_status(name, {"success", "failed"}, timeout=60)
     assert final["status"] == "success", final
     return final
@@ -160,7 +131,7 @@ def test_full_capture_to_s3_holds_exactly_the_matching_packets(
         key = f"captures/pcap_{cid}/{node}.pcap"
         assert f"s3://{bucket}/{key}" in final["files"]
         body = _s3(cluster).get_object(Bucket=bucket, Key=key)["Body"].read()
-        assert _udp_payloads(body) == [(7777, marker.encode())] * 25, "only the matching packets, in order"
+        assert udp_payloads(body) == [(7777, marker.encode())] * 25, "only the matching packets, in order"
         assert final["nodes"][node]["packets"] == 25
     wait_for(lambda: not captures.daemonsets(capture), timeout=15, what="the DaemonSet to be deleted")
 
@@ -180,7 +151,7 @@ def test_full_capture_to_gcs(captures: Captures, operator: RunningOperator) -> N
     cid = captures.get("to-gcs")["metadata"]["uid"].replace("-", "")
     for node in ("kpcap-node-1", "kpcap-node-2"):
         blob = gcs_client.bucket(bucket).blob(f"pcaps/pcap_{cid}/{node}.pcap")
-        assert _udp_payloads(blob.download_as_bytes()) == [(7777, marker.encode())] * 25
+        assert udp_payloads(blob.download_as_bytes()) == [(7777, marker.encode())] * 25
     assert final["packetsCaptured"] == 50
 
 

@@ -8,11 +8,9 @@ process kubelet with exactly the chart's ServiceAccounts and RBAC.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +22,12 @@ import yaml
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 from kubernetes import client
-from scapy.layers.inet import UDP
-from scapy.utils import PcapReader
 
-from kpcap.crd import load_crd
 from kpcap_localcluster.binaries import tool
 from kpcap_localcluster.cluster import LocalCluster
+from kpcap_localcluster.install import Installation, apply_crd, install
 from tests.conftest import wait_for
+from tests.pcaps import udp_payloads
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kpcap"
@@ -40,7 +37,6 @@ KUBE_VERSION = "1.20.2"  # the local apiserver's
 
 RELEASE = "kpcap-chart"  # distinct names from the other suites' hand-made kpcap-agent RBAC
 NAMESPACE = "kpcap-system"
-SECRET = "kpcap-chart-storage"
 OPERATOR_SA = f"{RELEASE}-operator"
 AGENT_SA = f"{RELEASE}-agent"
 
@@ -315,19 +311,9 @@ def test_every_setting_reaches_the_manifests() -> None:
 # --- against the local apiserver --------------------------------------------------------------
 
 
-def _apply_crd(cluster: LocalCluster) -> None:
-    # The chart's copy, without CEL: the local apiserver is 1.20.
-    crd = load_crd(CHART / "crds" / "packetcapture.yaml", strip_cel=True)
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/packetcaptures.kpcap.io", "--timeout=60s")
-
-
-def _ensure_namespace(cluster: LocalCluster, name: str) -> bool:
-    """Create ``name`` unless it exists; True if this call created it."""
-    if cluster.kubectl("get", "namespace", name, check=False).returncode == 0:
-        return False
-    cluster.kubectl("create", "namespace", name)
-    return True
+def _ensure_namespace(cluster: LocalCluster, name: str) -> None:
+    if cluster.kubectl("get", "namespace", name, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", name)
 
 
 @pytest.mark.e2e
@@ -335,7 +321,7 @@ def _ensure_namespace(cluster: LocalCluster, name: str) -> bool:
 def test_server_side_dry_run_accepts_the_rendered_chart(
     local_cluster: LocalCluster, values: tuple[Path, ...]
 ) -> None:
-    _apply_crd(local_cluster)
+    apply_crd(local_cluster)
     _ensure_namespace(local_cluster, "kpcap-dryrun")
     manifests = render(namespace="kpcap-dryrun", values=values).stdout
     result = local_cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=manifests, check=False)
@@ -347,121 +333,24 @@ def test_server_side_dry_run_accepts_the_rendered_chart(
 # --- installed from the chart, end to end -----------------------------------------------------
 
 
-def _operator_pods(cluster: LocalCluster) -> list[dict[str, Any]]:
-    out = cluster.kubectl(
-        "get",
-        "pods",
-        "-n",
-        NAMESPACE,
-        "-o",
-        "json",
-        "-l",
-        f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator",
-    ).stdout
-    return list(json.loads(out)["items"])
-
-
-def _webhook_points_at_the_service(cluster: LocalCluster) -> bool:
-    result = cluster.kubectl("get", "validatingwebhookconfiguration", "kpcap.io", "-o", "json", check=False)
-    if result.returncode != 0:
-        return False
-    hooks = json.loads(result.stdout).get("webhooks") or []
-    return any(
-        (h.get("clientConfig", {}).get("service") or {}).get("name") == f"{RELEASE}-webhook" for h in hooks
+@pytest.fixture(scope="module")
+def installation(local_cluster: LocalCluster) -> Iterator[Installation]:
+    started = time.monotonic()
+    installed = install(
+        local_cluster, release=RELEASE, namespace=NAMESPACE, values={"operator": {"reportGraceSeconds": 10}}
     )
+    print(f"chart installed, operator running, webhook registered in {time.monotonic() - started:.1f}s")
+    try:
+        yield installed
+    finally:
+        print(installed.operator_logs()[-6000:])
+        installed.uninstall()
+        wait_for(lambda: not installed.operator_pods(), timeout=60, what="the operator pod to go")
 
 
 @pytest.fixture(scope="module")
-def installed(
-    local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalCluster]:
-    cluster = local_cluster
-    assert cluster.s3 is not None
-    assert cluster.gcs is not None
-    _apply_crd(cluster)
-    created_namespace = _ensure_namespace(cluster, NAMESPACE)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SECRET, "namespace": NAMESPACE},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "STORAGE_EMULATOR_HOST": cluster.gcs.endpoint,
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
-    values = {
-        "operator": {
-            "image": {"repository": "registry.example/kpcap/kpcap-operator", "tag": "test"},
-            "reportGraceSeconds": 10,
-        },
-        "agent": {"image": {"repository": "registry.example/kpcap/kpcap-agent", "tag": "test"}},
-        "storage": {"credentialsSecret": SECRET},
-    }
-    path = values_file(tmp_path_factory.mktemp("chart"), values)
-    manifests = render(release=RELEASE, values=(path,)).stdout
-    started = time.monotonic()
-    cluster.kubectl("apply", "-f", "-", stdin=manifests)
-    try:
-        wait_for(
-            lambda: any(p["status"].get("phase") == "Running" for p in _operator_pods(cluster)),
-            timeout=90,
-            what="the operator pod to run",
-        )
-        wait_for(
-            lambda: _webhook_points_at_the_service(cluster),
-            timeout=60,
-            what="the ValidatingWebhookConfiguration kpcap.io pointing at the webhook Service",
-        )
-        print(f"chart installed, operator running, webhook registered in {time.monotonic() - started:.1f}s")
-        yield cluster
-    finally:
-        for pod in _operator_pods(cluster):
-            print(cluster.pod_logs(namespace=NAMESPACE, pod=pod["metadata"]["name"])[-6000:])
-        cluster.kubectl(
-            "delete",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=60s",
-            "-f",
-            "-",
-            stdin=manifests,
-            check=False,
-        )
-        wait_for(lambda: not _operator_pods(cluster), timeout=60, what="the operator pod to go")
-        for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-            cluster.kubectl("delete", kind, "kpcap.io", "--ignore-not-found", check=False)
-        cluster.kubectl("delete", "secret", "-n", NAMESPACE, SECRET, "--ignore-not-found", check=False)
-        if created_namespace:
-            cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
-
-
-def _send(cluster: LocalCluster, *, src: str, dst: str, port: int, count: int, payload: str) -> None:
-    cluster.run_in_node(
-        src,
-        [
-            sys.executable,
-            "-m",
-            "kpcap_localcluster.traffic",
-            "send",
-            "--dst",
-            cluster.node(dst).address,
-            "--port",
-            str(port),
-            "--count",
-            str(count),
-            "--payload",
-            payload,
-            "--interval",
-            "0.002",
-        ],
-    )
-
-
-def _udp_payloads(pcap: bytes) -> list[tuple[int, bytes]]:
-    return [(int(p[UDP].dport), bytes(p[UDP].payload)) for p in PcapReader(io.BytesIO(pcap)) if UDP in p]
+def installed(installation: Installation) -> LocalCluster:
+    return installation.cluster
 
 
 def _pcaps_row(cluster: LocalCluster, namespace: str, name: str) -> list[str]:
@@ -527,8 +416,8 @@ def _run_capture(
             break
         if not sent and len((_capture(cluster, namespace, name).get("status") or {}).get("nodes") or {}) == 2:
             for dst in ("kpcap-node-1", "kpcap-node-2"):
-                _send(cluster, src="kpcap-node-3", dst=dst, port=7777, count=25, payload=marker)
-                _send(cluster, src="kpcap-node-3", dst=dst, port=8888, count=25, payload=marker)
+                cluster.send_udp(src="kpcap-node-3", dst=dst, port=7777, count=25, payload=marker)
+                cluster.send_udp(src="kpcap-node-3", dst=dst, port=8888, count=25, payload=marker)
             sent = True
         time.sleep(0.2)
     print(
@@ -574,7 +463,7 @@ def test_installed_chart_runs_a_full_capture_to_s3(
             key = f"captures/pcap_{cid}/{node}.pcap"
             assert f"s3://{bucket}/{key}" in status["files"]
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            assert _udp_payloads(body) == [(7777, marker.encode())] * 25, "exactly the matching packets"
+            assert udp_payloads(body) == [(7777, marker.encode())] * 25, "exactly the matching packets"
         wait_for(lambda: not _daemonsets(cluster, cid), timeout=30, what="the capture's DaemonSet to go")
     finally:
         _cleanup(cluster, namespace)
@@ -604,7 +493,7 @@ def test_installed_chart_runs_a_full_capture_to_gcs(
         cid = final["metadata"]["uid"].replace("-", "")
         for node in ("kpcap-node-1", "kpcap-node-2"):
             blob = storage.bucket(bucket).blob(f"pcaps/pcap_{cid}/{node}.pcap")
-            assert _udp_payloads(blob.download_as_bytes()) == [(7777, marker.encode())] * 25
+            assert udp_payloads(blob.download_as_bytes()) == [(7777, marker.encode())] * 25
         wait_for(lambda: not _daemonsets(cluster, cid), timeout=30, what="the capture's DaemonSet to go")
     finally:
         _cleanup(cluster, namespace)
@@ -728,8 +617,8 @@ def _roles(cluster: LocalCluster) -> list[tuple[str, str, list[Call]]]:
 
 
 @pytest.mark.e2e
-def test_rbac_each_verb_of_each_rule_is_needed(installed: LocalCluster) -> None:
-    cluster = installed
+def test_rbac_each_verb_of_each_rule_is_needed(installation: Installation) -> None:
+    cluster = installation.cluster
     authz = client.AuthorizationV1Api(cluster.api_client())
     for call in OPERATOR_CALLS:
         assert _allowed(authz, OPERATOR_SA, call), f"operator cannot {call}"
@@ -773,7 +662,7 @@ def test_rbac_each_verb_of_each_rule_is_needed(installed: LocalCluster) -> None:
                 )
     print("\n".join(table))
     # Sufficient for the operator itself too: it never restarted and was never refused anything.
-    pods = _operator_pods(cluster)
+    pods = installation.operator_pods()
     assert [s["restartCount"] for p in pods for s in p["status"]["containerStatuses"]] == [0], pods
     logs = cluster.pod_logs(namespace=NAMESPACE, pod=pods[0]["metadata"]["name"])
     assert "Forbidden" not in logs, logs[-4000:]

@@ -1,0 +1,196 @@
+"""Install kpcap on a local cluster the way a platform team would: ``helm template`` of the chart.
+
+The CRD goes in first (without its CEL rules: the local apiserver is 1.20), then the rendered chart,
+so the operator and the capture agents run as pods with exactly the chart's ServiceAccounts and
+RBAC. Used by the chart's end-to-end tests and by the demo (the README's main job).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kpcap.crd import load_crd
+from kpcap_localcluster.binaries import REPO_ROOT, tool
+from kpcap_localcluster.cluster import LocalCluster
+
+CHART = REPO_ROOT / "charts" / "kpcap"
+TEST_IMAGES = {
+    "operator": {"repository": "registry.example/kpcap/kpcap-operator", "tag": "test"},
+    "agent": {"repository": "registry.example/kpcap/kpcap-agent", "tag": "test"},
+}
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("helm"), *args], capture_output=True, text=True, check=check)
+
+
+def render_chart(
+    *, release: str, namespace: str, values: Mapping[str, Any] | None = None, kube_version: str = "1.20.2"
+) -> str:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as values_file:
+        yaml.safe_dump(dict(values or {}), values_file)
+        values_file.flush()
+        return helm(
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            kube_version,
+            "--values",
+            values_file.name,
+        ).stdout
+
+
+def storage_credentials(cluster: LocalCluster) -> dict[str, str]:
+    """What the agents need to reach the local S3 and GCS servers through the SDKs' standard chains."""
+    assert cluster.gcs is not None  # noqa: S101 - the cluster was started with storage
+    return {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "STORAGE_EMULATOR_HOST": cluster.gcs.endpoint,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Installation:
+    cluster: LocalCluster
+    release: str
+    namespace: str
+    manifests: str
+    credentials_secret: str
+
+    def operator_pods(self) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl(
+            "get",
+            "pods",
+            "-n",
+            self.namespace,
+            "-o",
+            "json",
+            "-l",
+            f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator",
+        ).stdout
+        return list(json.loads(out)["items"])
+
+    def webhook_registered(self) -> bool:
+        result = self.cluster.kubectl(
+            "get", "validatingwebhookconfiguration", "kpcap.io", "-o", "json", check=False
+        )
+        if result.returncode != 0:
+            return False
+        hooks = json.loads(result.stdout).get("webhooks") or []
+        service = f"{self.release}-webhook"
+        return any((h.get("clientConfig", {}).get("service") or {}).get("name") == service for h in hooks)
+
+    def operator_logs(self) -> str:
+        return "\n".join(
+            self.cluster.pod_logs(namespace=self.namespace, pod=pod["metadata"]["name"])
+            for pod in self.operator_pods()
+        )
+
+    def uninstall(self) -> None:
+        kubectl = self.cluster.kubectl
+        kubectl(
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+            "-f",
+            "-",
+            stdin=self.manifests,
+            check=False,
+        )
+        for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+            kubectl("delete", kind, "kpcap.io", "--ignore-not-found", check=False)
+        kubectl(
+            "delete",
+            "secret",
+            "-n",
+            self.namespace,
+            self.credentials_secret,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+def apply_crd(cluster: LocalCluster) -> None:
+    crd = load_crd(CHART / "crds" / "packetcapture.yaml", strip_cel=True)
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/packetcaptures.kpcap.io", "--timeout=60s")
+
+
+def install(
+    cluster: LocalCluster,
+    *,
+    release: str = "kpcap",
+    namespace: str = "kpcap-system",
+    values: Mapping[str, Any] | None = None,
+    timeout: float = 90.0,
+) -> Installation:
+    """Apply CRD, namespace, storage credentials and the rendered chart; wait for operator and webhook."""
+    apply_crd(cluster)
+    if cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", namespace)
+    secret_name = f"{release}-storage-credentials"
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": secret_name, "namespace": namespace},
+                "stringData": storage_credentials(cluster),
+            }
+        ),
+    )
+    chart_values: dict[str, Any] = {
+        "operator": {"image": TEST_IMAGES["operator"]},
+        "agent": {"image": TEST_IMAGES["agent"]},
+        "storage": {"credentialsSecret": secret_name},
+    }
+    for key, value in (values or {}).items():
+        if isinstance(value, Mapping) and isinstance(chart_values.get(key), dict):
+            chart_values[key] = {**chart_values[key], **value}
+        else:
+            chart_values[key] = value
+    manifests = render_chart(release=release, namespace=namespace, values=chart_values)
+    cluster.kubectl("apply", "-f", "-", stdin=manifests)
+    installation = Installation(
+        cluster=cluster,
+        release=release,
+        namespace=namespace,
+        manifests=manifests,
+        credentials_secret=secret_name,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = any(p["status"].get("phase") == "Running" for p in installation.operator_pods())
+        if running and installation.webhook_registered():
+            return installation
+        time.sleep(0.5)
+    pods = cluster.kubectl("get", "pods,deploy,rs", "-n", namespace, "-o", "wide", check=False).stdout
+    events = cluster.kubectl("get", "events", "-n", namespace, check=False).stdout
+    raise TimeoutError(
+        f"kpcap did not come up within {timeout:.0f}s (operator running and webhook registered):\n{pods}\n"
+        f"{events[-3000:]}\noperator logs:\n{installation.operator_logs()[-4000:]}"
+    )
+
+
+def write_manifest(directory: Path, body: Mapping[str, Any]) -> Path:
+    path = directory / f"{body['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(dict(body), sort_keys=False))
+    return path
