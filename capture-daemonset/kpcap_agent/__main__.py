@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 import threading
+import traceback
+from pathlib import Path
 
 from kpcap.errors import SpecInvalid
 from kpcap.model import NodePhase
@@ -42,8 +44,10 @@ def main() -> None:
         run(cfg=cfg, api=api, stop=stop)
     except Exception as err:
         log.exception("capture on %s failed", cfg.node)
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        error = f"agent error: {type(err).__name__}: {err} (at {Path(where.filename).name}:{where.lineno})"
         try:
-            api.report(NodeReport(phase=NodePhase.FAILED, error=f"agent error: {type(err).__name__}: {err}"))
+            api.report(NodeReport(phase=NodePhase.FAILED, error=error))
         except Exception:
             log.exception("could not report the failure either")
     if not terminating.is_set():

@@ -24,13 +24,16 @@ import enum
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Protocol
 
 from kpcap_agent.packetsource import PacketSource, SourceExhausted
+from kpcap_agent.pcapfile import FrameRecord
 
 DEFAULT_POLL_INTERVAL = 0.2
+_data_of = itemgetter(2)  # a frame's data (seconds, nanoseconds, data, original length, interface)
 
 
 class StopReason(enum.StrEnum):
@@ -70,14 +73,15 @@ class CaptureResult:
 class FrameWriter(Protocol):
     """What run_capture needs from a writer; kpcap_agent.pcapfile.PcapWriter is one.
 
-    ``write(seconds, nanoseconds, data, original_length)`` stores at most ``snaplen`` bytes of
-    ``data`` and returns how many it stored.
+    ``write_batch(frames)`` appends one record per frame (seconds, nanoseconds, data, original
+    length, interface index), storing at most ``snaplen`` bytes of each frame's data, and returns
+    how many packet-data bytes it stored.
     """
 
     @property
     def snaplen(self) -> int: ...
 
-    def write(self, seconds: int, nanoseconds: int, data: bytes, original_length: int, /) -> int: ...
+    def write_batch(self, frames: Iterable[FrameRecord], /) -> int: ...
 
 
 def run_capture(
@@ -98,7 +102,7 @@ def run_capture(
     # No byte limit is a limit no capture reaches: one comparison per packet instead of two.
     byte_limit = limits.byte_limit if limits.byte_limit is not None else sys.maxsize
     snaplen = writer.snaplen
-    write = writer.write
+    write_batch = writer.write_batch
     packets = 0
     packet_bytes = 0
     rejected = 0
@@ -116,25 +120,48 @@ def run_capture(
         except SourceExhausted:
             reason = StopReason.END_OF_SOURCE
             break
-        # The per-packet path: kept to plain local operations (it must keep up with tcpdump).
-        for seconds, nanoseconds, data, original_length, _ in frames:
-            if not accept(data):
+        if not frames:
+            continue
+        # The per-packet path (it must keep up with tcpdump). Common case: every frame accepted and
+        # no limit reached within the batch; then nothing but ``accept`` runs Python code per frame
+        # (map, sum and max iterate in C), and the batch is written at once.
+        datas = list(map(_data_of, frames))
+        verdicts = list(map(accept, datas))
+        sizes = list(map(len, datas))
+        batch_bytes = sum(sizes)
+        if (
+            all(verdicts)
+            and packets + len(frames) < packet_limit
+            and packet_bytes + batch_bytes < byte_limit
+            and max(sizes) <= snaplen
+        ):
+            write_batch(frames)
+            packets += len(frames)
+            packet_bytes += batch_bytes
+            continue
+        # Otherwise frame by frame, exactly: the verdicts are kept, but a frame after the limit is
+        # neither written nor counted as rejected.
+        accepted: list[FrameRecord] = []
+        keep = accepted.append
+        for frame, verdict, length in zip(frames, verdicts, sizes, strict=True):
+            if not verdict:
                 rejected += 1
                 continue
-            size = len(data)
-            size = min(size, snaplen)
-            if packet_bytes + size > byte_limit:
-                reason = StopReason.BYTE_LIMIT
+            size = min(length, snaplen)
+            if packet_bytes + size >= byte_limit:
+                if packet_bytes + size == byte_limit:  # it fits exactly, and no further packet can
+                    keep(frame)
+                    packets += 1
+                    packet_bytes += size
+                reason = StopReason.PACKET_LIMIT if packets >= packet_limit else StopReason.BYTE_LIMIT
                 break
-            write(seconds, nanoseconds, data, original_length)
+            keep(frame)
             packets += 1
             packet_bytes += size
             if packets >= packet_limit:
                 reason = StopReason.PACKET_LIMIT
                 break
-            if packet_bytes == byte_limit:  # no further packet can fit
-                reason = StopReason.BYTE_LIMIT
-                break
+        write_batch(accepted)
     return CaptureResult(
         packets=packets,
         bytes=packet_bytes,

@@ -20,7 +20,10 @@ Why a TPACKET_V3 ring rather than ``recvmsg``: measured here, a Python ``recvmsg
 about 60k small frames/s (one syscall and one ``SIOCGIFNAME`` ioctl per frame, made by CPython to
 build the address), while the ring hands over a whole block of frames per wake-up with no syscall
 per frame, which keeps up with tcpdump (which uses the same ring). The ring is the socket's buffer:
-``ring_bytes`` (default 32 MiB) absorbs bursts of about 200k small frames.
+:class:`RingGeometry` (default 64 blocks of 1 MiB) absorbs bursts of about 460k small (60-byte) or
+43k large (1442-byte) frames. 64 MiB rather than tcpdump's 32: a Python loop loses the CPU to the
+traffic's own softirq work more easily than tcpdump, and needs the deeper buffer to ride out bursts
+(measured in benchmarks/capture.py). The ring is mapped, so it counts in the RSS (~125 MB in all).
 
 Interfaces. Default: every interface of the current network namespace except loopback, including
 interfaces created during the capture (pods' veths come and go), with one socket bound to all of
@@ -40,7 +43,9 @@ and again, untagged, on the VLAN sub-interface.
   bursts) are all kept: a copy on another interface cancels at most as many copies as were kept.
   Packets rewritten on the way (NAT, tunnels) are different packets and are kept on both sides.
   Memory is bounded (at most 131072 remembered packets). Only active when more than one interface
-  is captured.
+  is captured, and (the check being the costliest per-frame step) dormant until frames actually
+  come from a second interface; the latest frames are kept aside to bring it up to date then
+  (:class:`LiveSource`).
 - ``CopyPolicy.EVERY_COPY``: every copy on every interface, like ``tcpdump -i any``.
 
 VLAN. The kernel strips the 802.1Q/802.1ad tag of received frames into metadata
@@ -68,13 +73,13 @@ import os
 import select
 import socket
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol
 
-from kpcap_agent.pcapfile import DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, iter_pcap_records
+from kpcap_agent.pcapfile import DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, FrameRecord, iter_pcap_records
 
 # Linux ABI constants (linux/if_packet.h, asm-generic/socket.h, linux/filter.h).
 SOL_PACKET: Final = 263
@@ -108,6 +113,10 @@ _VLAN_TAG: Final = struct.Struct("!HH")
 _ETHERTYPE_IPV4: Final = 0x0800
 _ETHERTYPE_IPV6: Final = 0x86DD
 _VLAN_ETHERTYPES: Final = frozenset({0x8100, 0x88A8, 0x9100})
+# The live source's copy check while a single interface has been seen (see LiveSource).
+_NO_INTERFACE_YET: Final = -1
+_CHECK_EVERY_FRAME: Final = -2
+_COPY_REPLAY_BYTES: Final = 4 << 20
 
 
 class Frame(NamedTuple):
@@ -142,8 +151,10 @@ class PacketSource(Protocol):
         """Names of the interfaces the frames come from (for the capture's report)."""
         ...
 
-    def next_frames(self, *, timeout: float) -> Sequence[Frame]:
+    def next_frames(self, *, timeout: float) -> Sequence[FrameRecord]:
         """Frames available now, waiting at most ``timeout`` seconds for some; ``[]`` on timeout.
+
+        Each is a :class:`Frame` or a plain tuple of the same shape (the live source's, cheaper).
 
         Raises :class:`SourceExhausted` when a finite source has no more frames.
         """
@@ -359,7 +370,7 @@ def _bind_all_protocols(sock: socket.socket, *, interface_index: int) -> None:
 @dataclass(frozen=True, kw_only=True)
 class RingGeometry:
     block_bytes: int = 1 << 20
-    block_count: int = 32
+    block_count: int = 64
     block_timeout_ms: int = 20  # a partly filled block is handed over after this long
 
     def __post_init__(self) -> None:
@@ -370,7 +381,19 @@ class RingGeometry:
 
 
 class LiveSource:
-    """TPACKET_V3 AF_PACKET ring source; see the module docstring. Open it with open_live_source."""
+    """TPACKET_V3 AF_PACKET ring source; see the module docstring. Open it with open_live_source.
+
+    :meth:`next_frames` hands over one ring block per call (up to thousands of frames), as plain
+    tuples shaped like :class:`Frame`: this is the per-packet path, kept to one ``struct`` unpack,
+    one slice and one tuple per frame.
+
+    The copy check (``CopyPolicy.ONE_COPY``) costs more than all the rest, and only ever matters
+    once frames come from a second interface. Until then it is dormant: the frames of the last few
+    blocks (up to ``_COPY_REPLAY_BYTES`` of them) are kept aside, and when a frame from another
+    interface shows up they are replayed into the :class:`CopyFilter` (which then knows exactly
+    what it would have known, unless more than that much traffic passed within its window) before
+    that frame is checked; from then on every frame is checked.
+    """
 
     def __init__(
         self,
@@ -391,6 +414,10 @@ class LiveSource:
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
         self.copies_skipped = 0
+        # The only interface seen so far while the copy check is dormant, or a marker (module top).
+        self._quiet_interface: int = _NO_INTERFACE_YET
+        self._replay: deque[tuple[list[FrameRecord], int]] = deque()  # frames, ring bytes
+        self._replay_bytes = 0
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -402,7 +429,7 @@ class LiveSource:
         (status,) = struct.unpack_from("=I", self._ring, block_start + _BLOCK_STATUS_OFFSET)
         return bool(status & TP_STATUS_USER)
 
-    def next_frames(self, *, timeout: float) -> Sequence[Frame]:
+    def next_frames(self, *, timeout: float) -> list[FrameRecord]:
         ring = self._ring
         block_start = self._block_index * self._geometry.block_bytes
         if not self._block_ready(block_start):
@@ -411,11 +438,12 @@ class LiveSource:
                 return []
         _, frame_count, offset = _BLOCK_HEADER.unpack_from(ring, block_start)
         offset += block_start
-        frames: list[Frame] = []
+        first_offset = offset
+        frames: list[FrameRecord] = []
         append = frames.append
         unpack_header = _FRAME_HEADER.unpack_from
         copy_filter = self._copy_filter
-        new_tuple = tuple.__new__  # Frame(...) goes through a Python-level __new__: twice as slow
+        quiet = self._quiet_interface
         for _ in range(frame_count):
             (
                 next_offset,
@@ -432,21 +460,52 @@ class LiveSource:
             data_start = offset + mac_offset
             data = ring[data_start : data_start + captured_length]
             offset += next_offset
-            if copy_filter is not None and copy_filter.is_copy(
-                data=data, interface_index=interface_index, timestamp_ns=seconds * 1_000_000_000 + nanoseconds
-            ):
-                self.copies_skipped += 1
-                continue
+            if interface_index != quiet:
+                if copy_filter is None or quiet == _NO_INTERFACE_YET:
+                    quiet = interface_index  # no copy check (yet): just note the interface
+                else:
+                    if quiet != _CHECK_EVERY_FRAME:  # a second interface: wake the copy check
+                        self._wake_copy_filter(copy_filter, frames)
+                        quiet = _CHECK_EVERY_FRAME
+                    if copy_filter.is_copy(
+                        data=data,
+                        interface_index=interface_index,
+                        timestamp_ns=seconds * 1_000_000_000 + nanoseconds,
+                    ):
+                        self.copies_skipped += 1
+                        continue
             if status & TP_STATUS_VLAN_VALID:
                 # The kernel moved the 802.1Q/802.1ad tag to metadata: put it back where it was.
                 tpid = vlan_tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
                 data = data[:12] + _VLAN_TAG.pack(tpid, vlan_tci) + data[12:]
                 original_length += 4
-            append(new_tuple(Frame, (seconds, nanoseconds, data, original_length, interface_index)))
+            append((seconds, nanoseconds, data, original_length, interface_index))
         # Hand the block back to the kernel only once its frames are copied out.
         struct.pack_into("=I", ring, block_start + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
         self._block_index = (self._block_index + 1) % self._geometry.block_count
+        self._quiet_interface = quiet
+        if copy_filter is not None and quiet >= 0 and frames:
+            self._keep_for_replay(frames, offset - first_offset)
         return frames
+
+    def _keep_for_replay(self, frames: list[FrameRecord], size: int) -> None:
+        """While the copy check is dormant, keep the latest frames to replay into it."""
+        self._replay.append((frames, size))
+        self._replay_bytes += size
+        while self._replay_bytes > _COPY_REPLAY_BYTES and len(self._replay) > 1:
+            self._replay_bytes -= self._replay.popleft()[1]
+
+    def _wake_copy_filter(self, copy_filter: CopyFilter, current_block: list[FrameRecord]) -> None:
+        """A frame from a second interface: tell the copy check about the frames kept so far."""
+        for frames in (*(kept for kept, _ in self._replay), current_block):
+            for seconds, nanoseconds, data, _, interface_index in frames:
+                copy_filter.is_copy(
+                    data=data,
+                    interface_index=interface_index,
+                    timestamp_ns=seconds * 1_000_000_000 + nanoseconds,
+                )
+        self._replay.clear()
+        self._replay_bytes = 0
 
     def kernel_drops(self) -> int:
         # PACKET_STATISTICS resets the kernel's counters on each read: accumulate.

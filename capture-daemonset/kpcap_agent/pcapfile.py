@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,10 @@ _RECORD_HEADER: Final = struct.Struct("=IIII")
 GLOBAL_HEADER_LENGTH: Final = _GLOBAL_HEADER.size
 RECORD_HEADER_LENGTH: Final = _RECORD_HEADER.size
 _NANOSECONDS_PER_SECOND: Final = 1_000_000_000
+
+# What the capture loop hands to :meth:`PcapWriter.write_batch`: a frame as the packet sources
+# produce it (seconds, nanoseconds, data, original length, interface index; the last is not written).
+FrameRecord = tuple[int, int, bytes, int, int]
 
 
 class PcapFormatError(ValueError):
@@ -85,6 +89,35 @@ class PcapWriter:
         self.packets += 1
         self.packet_bytes += included_length
         return included_length
+
+    def write_batch(self, frames: Iterable[FrameRecord]) -> int:
+        """Append one record per frame with a single write; returns the packet-data bytes written.
+
+        The per-packet path of a live capture: a whole ring block's frames go through here at once,
+        headers and data joined into one buffer (one buffered write instead of one per frame).
+        """
+        snaplen = self.snaplen
+        pack = self._pack_record_header
+        parts: list[bytes] = []
+        append = parts.append
+        count = 0
+        written = 0
+        for seconds, nanoseconds, data, original_length, _ in frames:
+            length = len(data)
+            if length > snaplen:
+                length = snaplen
+                append(pack(seconds, nanoseconds, length, original_length))
+                append(data[:snaplen])
+            else:
+                append(pack(seconds, nanoseconds, length, original_length))
+                append(data)
+            written += length
+            count += 1
+        if count:
+            self._write(b"".join(parts))
+            self.packets += count
+            self.packet_bytes += written
+        return written
 
     def write_frame(self, *, timestamp_ns: int, data: bytes, original_length: int | None = None) -> int:
         """:meth:`write` for callers that hold a single nanosecond timestamp."""

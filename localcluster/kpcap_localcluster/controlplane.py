@@ -195,54 +195,39 @@ def start_control_plane(
             procs=plane.processes,
         )
         write_kubeconfig(path=plane.admin_kubeconfig, server=server, ca_pem=pki.ca_pem, identity=admin)
-        kcm_config = write_kubeconfig(
-            path=state_dir / "kube-controller-manager.kubeconfig",
-            server=server,
-            ca_pem=pki.ca_pem,
-            identity=identities["kube-controller-manager"],
-        )
-        plane.processes.append(
-            spawn(
-                name="kube-controller-manager",
-                argv=[
-                    str(binaries.kube_controller_manager),
-                    f"--kubeconfig={kcm_config}",
-                    "--leader-elect=false",
-                    "--port=0",
-                    "--secure-port=0",
-                    "--use-service-account-credentials=true",
-                    f"--service-account-private-key-file={pki.sa_private_key}",
-                    f"--root-ca-file={pki.ca_cert}",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    # Pods of a deleted node are evicted promptly; the default (5 min) outlasts tests.
-                    "--pod-eviction-timeout=30s",
-                    "--v=1",
-                ],
-                log_path=logs / "kube-controller-manager.log",
-                run_id=run_id,
+
+        def start_client_component(name: str, binary: Path, flags: list[str]) -> None:
+            # Each component talks to the apiserver with its own identity, not as leader of a HA set.
+            kubeconfig = write_kubeconfig(
+                path=state_dir / f"{name}.kubeconfig",
+                server=server,
+                ca_pem=pki.ca_pem,
+                identity=identities[name],
             )
+            argv = [
+                str(binary),
+                f"--kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--port=0",
+                "--secure-port=0",
+                "--v=1",
+                *flags,
+            ]
+            plane.processes.append(spawn(name=name, argv=argv, log_path=logs / f"{name}.log", run_id=run_id))
+
+        start_client_component(
+            "kube-controller-manager",
+            binaries.kube_controller_manager,
+            [
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.sa_private_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # Pods of a deleted node are evicted promptly; the default (5 min) outlasts tests.
+                "--pod-eviction-timeout=30s",
+            ],
         )
-        scheduler_config = write_kubeconfig(
-            path=state_dir / "kube-scheduler.kubeconfig",
-            server=server,
-            ca_pem=pki.ca_pem,
-            identity=identities["kube-scheduler"],
-        )
-        plane.processes.append(
-            spawn(
-                name="kube-scheduler",
-                argv=[
-                    str(binaries.kube_scheduler),
-                    f"--kubeconfig={scheduler_config}",
-                    "--leader-elect=false",
-                    "--port=0",
-                    "--secure-port=0",
-                    "--v=1",
-                ],
-                log_path=logs / "kube-scheduler.log",
-                run_id=run_id,
-            )
-        )
+        start_client_component("kube-scheduler", binaries.kube_scheduler, [])
 
         def default_service_account_ready() -> bool:
             # The token controller has run once the default ServiceAccount has its token secret.

@@ -105,6 +105,8 @@ def _run_capture(
         cluster.send_udp(src="kpcap-node-3", dst=dst, port=7777, count=25, payload=marker)
         cluster.send_udp(src="kpcap-node-3", dst=dst, port=8888, count=25, payload=marker)
     final = captures.wait_status(name, {"success", "failed"}, timeout=60)
+    if final["status"] != "success":
+        print(cluster.pod_logs(namespace=OPERATOR_NAMESPACE, pod="kpcap-capture-*"))
     assert final["status"] == "success", final
     return final
 

@@ -216,23 +216,7 @@ def test_packet_from_node_a_is_seen_by_a_raw_socket_on_node_b(
         ],
     )
     wait_for(ready.exists, timeout=10, what="the raw-socket listener")
-    local_cluster.run_in_node(
-        a.name,
-        [
-            sys.executable,
-            "-m",
-            "kpcap_localcluster.traffic",
-            "send",
-            "--dst",
-            b.address,
-            "--port",
-            "9999",
-            "--count",
-            "3",
-            "--payload",
-            marker,
-        ],
-    )
+    local_cluster.send_udp(src=a.name, dst=b.name, port=9999, count=3, payload=marker)
     out, err = listener.communicate(timeout=20)
     assert listener.returncode == 0, err
     frames = [json.loads(line) for line in out.splitlines()][:-1]
@@ -248,23 +232,7 @@ def test_packet_from_node_a_is_seen_by_a_raw_socket_on_node_b(
         [sys.executable, "-m", "kpcap_localcluster.traffic", "listen", "--seconds", "2", "--marker", marker],
     )
     time.sleep(0.5)
-    local_cluster.run_in_node(
-        a.name,
-        [
-            sys.executable,
-            "-m",
-            "kpcap_localcluster.traffic",
-            "send",
-            "--dst",
-            b.address,
-            "--port",
-            "9999",
-            "--count",
-            "3",
-            "--payload",
-            marker,
-        ],
-    )
+    local_cluster.send_udp(src=a.name, dst=b.name, port=9999, count=3, payload=marker)
     out_c, _ = listen_c.communicate(timeout=20)
     assert json.loads(out_c.splitlines()[-1]) == {"matched": 0}
 
@@ -338,7 +306,7 @@ def test_restart_policy(
             return pod if statuses and statuses[0].restart_count >= 2 else None
         return pod if pod.status.phase == phase else None
 
-    pod = wait_for(settled, timeout=30, what=f"restartPolicy {policy} with exit {code}")
+    pod = wait_for(settled, timeout=60, what=f"restartPolicy {policy} with exit {code}")
     status = pod.status.container_statuses[0]
     if restarts:
         assert status.last_state.terminated.exit_code == code
@@ -442,7 +410,7 @@ def test_volumes_mount_in_the_container_only(
     ]
     core.create_namespaced_pod(namespace, pod)
     logs = wait_for(
-        lambda: _logs_with(local_cluster, namespace, "volumes", "READY"),
+        lambda: _logs_with(local_cluster, namespace, "volumes", "\ntoken="),
         timeout=30,
         what="the pod to read its volumes",
     )
