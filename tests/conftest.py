@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from kpcap_localcluster.cluster import LocalCluster, default_nodes
+from kpcap_localcluster.cluster import LocalCluster, default_nodes, remove_mountpoints_if_idle
 
 T = TypeVar("T")
 
@@ -42,6 +42,8 @@ def local_cluster() -> Iterator[LocalCluster]:
         cluster.stop()
         left = cluster.leftovers()
         assert not any(left.values()), f"the local cluster's teardown left {left}"
+        # Mount points go with the last cluster on the machine (another may still use them).
+        assert remove_mountpoints_if_idle() == [], "mount points created for containers were not removed"
 
 
 @pytest.fixture(scope="session")

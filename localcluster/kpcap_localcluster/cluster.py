@@ -43,6 +43,10 @@ from kpcap_localcluster.storage import StorageServer, start_gcs, start_s3
 log = logging.getLogger(__name__)
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
+# Mount points containers had to create on the host, shared by every local cluster on the machine:
+# removing one while another cluster's container has a volume there would detach that volume
+# (Linux lets rmdir take a mount point that lives in another mount namespace).
+MOUNTPOINTS_LOG = Path("/run/kpcap-localcluster/mountpoints.log")
 
 # Images the process kubelet can "run": the last path component of the image, tag dropped.
 KNOWN_IMAGES: Mapping[str, tuple[str, ...]] = {
@@ -85,6 +89,22 @@ class Node:
     @property
     def netns(self) -> str:
         return self.net.netns
+
+
+def remove_mountpoints_if_idle() -> list[str]:
+    """Remove the logged mount points once no local cluster runs; returns those still present."""
+    if any(True for _ in processes.processes_of_run(None)):
+        return []
+    try:
+        created = set(MOUNTPOINTS_LOG.read_text().split())
+    except FileNotFoundError:
+        return []
+    for path in sorted(created, key=lambda p: p.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            Path(path).rmdir()  # only if empty: never anything a user put there
+    left = sorted(p for p in created if Path(p).exists())
+    MOUNTPOINTS_LOG.write_text("".join(f"{p}\n" for p in left))
+    return left
 
 
 @dataclass(slots=True)
@@ -259,17 +279,10 @@ class LocalCluster:
 
     @property
     def mountpoints_log(self) -> Path:
-        """Mount points the containers had to create on the host (removed at teardown)."""
-        return self.state_dir / "mountpoints.log"
+        return MOUNTPOINTS_LOG
 
     def _remove_mountpoints(self) -> None:
-        try:
-            created = set(self.mountpoints_log.read_text().split())
-        except FileNotFoundError:
-            return
-        for path in sorted(created, key=lambda p: p.count("/"), reverse=True):
-            with contextlib.suppress(OSError):
-                Path(path).rmdir()  # only if empty: never anything a user put there
+        remove_mountpoints_if_idle()
 
     def __enter__(self) -> Self:
         return self

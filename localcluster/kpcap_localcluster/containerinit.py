@@ -31,6 +31,7 @@ def _ensure_mountpoint(target: Path, *, log: Path) -> None:
         probe = probe.parent
     if missing:
         target.mkdir(parents=True, exist_ok=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as out:
             out.writelines(f"{path}\n" for path in missing)
 
