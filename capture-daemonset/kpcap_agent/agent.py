@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 2.0
 STOP_POLL_INTERVAL = 1.0
+# A replaced pod's predecessor has its termination grace period (60 s) to upload and report.
+HANDOVER_SECONDS = 75.0
 _FINISHED = {CaptureStatus.SUCCESS.value, CaptureStatus.COMPLETE.value, CaptureStatus.FAILED.value}
 
 
@@ -191,6 +194,21 @@ def _count(path: Path) -> tuple[int, int]:
     return packets, size
 
 
+def _wait_for_handover(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> bool:
+    """True once this node's entry shows done/failed (the previous pod finished its work)."""
+    deadline = time.monotonic() + HANDOVER_SECONDS
+    while time.monotonic() < deadline and not stop.wait(1.0):
+        try:
+            body = api.read()
+        except CaptureNotFoundError:
+            return True
+        phase = (((body.get("status") or {}).get("nodes") or {}).get(cfg.node) or {}).get("phase")
+        if phase in (NodePhase.DONE, NodePhase.FAILED):
+            log.info("the previous agent of %s finished (%s): nothing left to do", cfg.node, phase)
+            return True
+    return False
+
+
 def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeReport | None:
     """Do this node's work once; None when there was nothing (left) to do."""
     try:
@@ -211,6 +229,10 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
         return None
     if phase in (NodePhase.RUNNING, NodePhase.UPLOADING):
         if not cfg.pcap_path.exists():
+            # A replacement pod (new emptyDir): the previous one may still be uploading in its grace
+            # period, so give it the time to report before calling the node failed.
+            if _wait_for_handover(cfg=cfg, api=api, stop=stop):
+                return None
             report = NodeReport(
                 phase=NodePhase.FAILED,
                 error=(f"the agent restarted while {phase} and its capture file {cfg.pcap_path} is gone"),

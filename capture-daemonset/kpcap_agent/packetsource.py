@@ -308,7 +308,9 @@ def compile_bpf(*, expression: str, snaplen: int) -> list[tuple[int, int, int, i
             int(instruction.code),
             int(instruction.jt),
             int(instruction.jf),
-            int(instruction.k),
+            # scapy declares k as a signed 32-bit field: an IPv4 address from 128.0.0.0 up reads
+            # negative; the kernel's sock_filter.k is unsigned.
+            int(instruction.k) & 0xFFFFFFFF,
         )
         if code == _BPF_RET_K and constant != 0:
             constant = snaplen

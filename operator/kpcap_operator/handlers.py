@@ -18,7 +18,7 @@ from kpcap.errors import SpecInvalid
 from kpcap.model import CaptureType, capture_id, parse_spec
 from kpcap_operator import decisions, metrics
 from kpcap_operator.kube import GROUP, PLURAL, VERSION, Kube
-from kpcap_operator.reconcile import reconcile
+from kpcap_operator.reconcile import AdmissionLedger, reconcile
 from kpcap_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ def validate_admission(
 
 def build_registry(*, settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    ledger = AdmissionLedger()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -107,7 +108,7 @@ def build_registry(*, settings: OperatorSettings, kube: Kube) -> kopf.OperatorRe
     )
     def reconcile_capture(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         try:
-            result = reconcile(body=dict(body), settings=settings, kube=kube, now_fn=_now)
+            result = reconcile(body=dict(body), settings=settings, kube=kube, ledger=ledger, now_fn=_now)
         except Exception:
             metrics.RECONCILE_ERRORS.labels(stage="reconcile").inc()
             raise

@@ -65,34 +65,46 @@ def _refuse(*, reason: str, message: str, now: datetime) -> Result:
 # creationTimestamp second, smaller uid, so "older") then lists A while A's status patch is still in
 # flight, sees it undecided and younger, and is admitted too. Admission passes are therefore
 # serialised, and each sees the decisions of earlier passes whose status has not landed yet.
-_ADMISSION_LOCK = threading.Lock()
-_DECIDED: dict[str, str] = {}  # uid -> status decided by this process, until the object shows one
+class AdmissionLedger:
+    """Serialises admission passes of one operator process and remembers decisions in flight."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decided: dict[str, str] = {}  # uid -> status decided here, until the object shows one
+
+    def with_decisions_in_flight(self, refs: list[decisions.CaptureRef]) -> list[decisions.CaptureRef]:
+        return [
+            dataclasses.replace(ref, status=self._decided[ref.uid])
+            if not ref.status and ref.uid in self._decided
+            else ref
+            for ref in refs
+        ]
+
+    def admit(
+        self, *, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now: datetime
+    ) -> Result:
+        """First pass of a new capture: validate, apply the two rules, pick nodes, start it."""
+        with self._lock:
+            result = _admit(body=body, settings=settings, kube=kube, now=now, ledger=self)
+            if result.status.get("status"):
+                self._decided[body["metadata"]["uid"]] = result.status["status"]
+            return result
+
+    def landed(self, uid: str) -> None:
+        """The object shows its decision now: no need to remember it."""
+        self._decided.pop(uid, None)
 
 
-def _with_decisions_in_flight(refs: list[decisions.CaptureRef]) -> list[decisions.CaptureRef]:
-    return [
-        dataclasses.replace(ref, status=_DECIDED[ref.uid]) if not ref.status and ref.uid in _DECIDED else ref
-        for ref in refs
-    ]
-
-
-def admit(*, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now: datetime) -> Result:
-    """First pass of a new capture: validate, apply the two rules, pick nodes, start it."""
-    with _ADMISSION_LOCK:
-        result = _admit(body=body, settings=settings, kube=kube, now=now)
-        if result.status.get("status"):
-            _DECIDED[body["metadata"]["uid"]] = result.status["status"]
-        return result
-
-
-def _admit(*, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now: datetime) -> Result:
+def _admit(
+    *, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now: datetime, ledger: AdmissionLedger
+) -> Result:
     meta = body["metadata"]
     try:
         spec = parse_spec(body.get("spec"), now=now)
     except SpecInvalid as invalid:
         return _refuse(reason=decisions.REASON_INVALID, message=str(invalid), now=now)
     me = decisions.capture_ref(body)
-    others = _with_decisions_in_flight(
+    others = ledger.with_decisions_in_flight(
         [decisions.capture_ref(other) for other in kube.list_captures(meta["namespace"])]
     )
     window = timedelta(seconds=settings.simple_rate_window_seconds)
@@ -225,14 +237,19 @@ def progress(*, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube,
 
 
 def reconcile(
-    *, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube, now_fn: Callable[[], datetime]
+    *,
+    body: Mapping[str, Any],
+    settings: OperatorSettings,
+    kube: Kube,
+    ledger: AdmissionLedger,
+    now_fn: Callable[[], datetime],
 ) -> Result:
     current = (body.get("status") or {}).get("status")
     if current:
-        _DECIDED.pop(body["metadata"]["uid"], None)  # the object shows its decision now
+        ledger.landed(body["metadata"]["uid"])
     if current in decisions.TERMINAL:
         kube.delete_capture_daemonsets(capture_id(body["metadata"]["uid"]))
         return Result()
     if not current:
-        return admit(body=body, settings=settings, kube=kube, now=now_fn())
+        return ledger.admit(body=body, settings=settings, kube=kube, now=now_fn())
     return progress(body=body, settings=settings, kube=kube, now=now_fn())

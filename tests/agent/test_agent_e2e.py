@@ -203,3 +203,57 @@ def test_agent_service_account_is_refused_everything_else(captures: Captures) ->
     assert status_of("GET", "/apis/apps/v1/daemonsets") == 403
     assert status_of("DELETE", f"{base}/anything") == 403
     assert AGENT_SA == "kpcap-agent"
+
+
+def test_sigterm_mid_capture_uploads_what_was_captured(captures: Captures, operator: RunningOperator) -> None:
+    """A capture pod deleted mid-capture gets SIGTERM, uploads and reports; its replacement does not redo it."""
+    cluster = operator.cluster
+    assert cluster.s3 is not None
+    bucket = f"kpcap-{secrets.token_hex(4)}"
+    _s3(cluster).create_bucket(Bucket=bucket)
+    marker = f"t-{secrets.token_hex(6)}"
+    spec = {
+        "type": "full",
+        "timeLimit": 120,
+        "packetLimit": 1000,
+        "colo": "colo-a",
+        "destinationConf": f"s3://{bucket}/c?region=us-east-1&endpoint={cluster.s3.endpoint}",
+        "filter": {"protocol": 17, "destinationPort": 7777},
+    }
+    capture = captures.create(capture_body("sigterm", **spec))
+    wait_for(
+        lambda: len(captures.status("sigterm").get("nodes") or {}) == 2, timeout=60, what="agents running"
+    )
+    cluster.send_udp(src="kpcap-node-3", dst="kpcap-node-1", port=7777, count=10, payload=marker)
+    wait_for(
+        lambda: captures.status("sigterm")["nodes"]["kpcap-node-1"].get("packets") == 10,
+        timeout=20,
+        what="node-1's progress report of 10 packets",
+    )
+    core = client.CoreV1Api(cluster.api_client())
+    cid = capture["metadata"]["uid"].replace("-", "")
+    [pod] = [
+        p
+        for p in core.list_namespaced_pod(
+            OPERATOR_NAMESPACE, label_selector=f"kpcap.io/capture-id={cid}"
+        ).items
+        if p.spec.node_name == "kpcap-node-1"
+    ]
+    core.delete_namespaced_pod(pod.metadata.name, OPERATOR_NAMESPACE)
+    entry = wait_for(
+        lambda: (e := captures.status("sigterm")["nodes"]["kpcap-node-1"]).get("phase") == "done" and e,
+        timeout=60,
+        what="node-1 to upload after SIGTERM",
+    )
+    assert entry["packets"] == 10
+    key = f"c/pcap_{cid}/kpcap-node-1.pcap"
+    assert (
+        udp_payloads(_s3(cluster).get_object(Bucket=bucket, Key=key)["Body"].read())
+        == [(7777, marker.encode())] * 10
+    )
+    captures.custom.patch_namespaced_custom_object(
+        "kpcap.io", "v1alpha1", captures.namespace, "packetcaptures", "sigterm", {"spec": {"stop": True}}
+    )
+    final = captures.wait_status("sigterm", {"success", "failed"}, timeout=60)
+    assert final["status"] == "success", final
+    assert final["nodes"]["kpcap-node-1"]["packets"] == 10, "the replacement pod did not capture again"

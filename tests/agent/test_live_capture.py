@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-from kpcap.filters import bpf_expression, matches
+from kpcap.filters import bpf_expression, compile_matcher, matches
 from kpcap.model import CaptureFilter
 from kpcap_agent.capture import CaptureLimits, StopReason
 from kpcap_agent.packetsource import CopyPolicy
@@ -345,3 +346,86 @@ def test_named_interfaces_only(routed: Routed, tmp_path: Path) -> None:
     packets = rdpcap(str(path))
     assert result.packets == len(packets) == 10
     assert {packet[Ether].src for packet in packets} == {routed.router_server_side.mac}  # leaving copies
+
+
+def _filter_corpus(pair: VethPair) -> list[bytes]:
+    """Frames that differ in every field a filter can name: families, addresses, protocols, ports.
+
+    No address belongs to the receiving namespace (which does not forward), so it answers none of
+    them: the capture, which sees both directions, holds exactly the frames sent.
+    """
+    from scapy.layers.inet import ICMP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    link = Ether(src=pair.left.mac, dst=pair.right.mac)
+    v4 = [
+        ("198.18.210.1", "198.18.210.2"),
+        ("198.18.201.7", "198.18.210.2"),
+        ("198.18.210.1", "198.18.202.9"),
+    ]
+    v6 = [("2001:db8::1", "2001:db8::2"), ("2001:db8::7", "2001:db8::2"), ("2001:db8::1", "2001:db8::9")]
+    frames: list[bytes] = []
+    marker = 0
+    for family, pairs in ((IP, v4), (IPv6, v6)):
+        for src, dst in pairs:
+            for transport in (
+                UDP(sport=1111, dport=53),
+                UDP(sport=53, dport=2222),
+                TCP(sport=1111, dport=443),
+                TCP(sport=443, dport=53),
+            ):
+                marker += 1
+                frames.append(
+                    bytes(link / family(src=src, dst=dst) / transport / Raw(marker.to_bytes(4, "big")))
+                )
+            if family is IP:
+                marker += 1
+                frames.append(bytes(link / IP(src=src, dst=dst) / ICMP() / Raw(marker.to_bytes(4, "big"))))
+    return frames
+
+
+LIVE_FILTERS = {
+    "v4 source address": CaptureFilter(source_address=ipaddress.ip_address("198.18.201.7")),
+    "v4 destination address": CaptureFilter(destination_address=ipaddress.ip_address("198.18.202.9")),
+    "v6 source address": CaptureFilter(source_address=ipaddress.ip_address("2001:db8::7")),
+    "v6 destination address": CaptureFilter(destination_address=ipaddress.ip_address("2001:db8::9")),
+    "source port": CaptureFilter(source_port=53),
+    "destination port": CaptureFilter(destination_port=53),
+    "protocol tcp": CaptureFilter(protocol=6),
+    "protocol icmp": CaptureFilter(protocol=1),
+    "v4 address + udp + port": CaptureFilter(
+        source_address=ipaddress.ip_address("198.18.210.1"), protocol=17, destination_port=53
+    ),
+    "v6 both addresses + tcp source port": CaptureFilter(
+        source_address=ipaddress.ip_address("2001:db8::1"),
+        destination_address=ipaddress.ip_address("2001:db8::2"),
+        protocol=6,
+        source_port=443,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIVE_FILTERS))
+def test_each_filter_field_keeps_exactly_the_matching_frames(
+    veth_pair: VethPair, tmp_path: Path, name: str
+) -> None:
+    capture_filter = LIVE_FILTERS[name]
+    corpus = _filter_corpus(veth_pair)
+    expected = [frame for frame in corpus if matches(capture_filter, frame)]
+    assert 0 < len(expected) < len(corpus), "the corpus has frames on both sides of this filter"
+    path = tmp_path / "filtered.pcap"
+    running = start_capture(
+        netns=veth_pair.right.netns,
+        path=path,
+        filter_expression=bpf_expression(capture_filter),
+        limits=CaptureLimits(packet_limit=10000, time_limit=30),
+        accept=compile_matcher(capture_filter),
+    )
+    send_frames(netns=veth_pair.left.netns, interface=veth_pair.left.interface, frames=corpus)
+    time.sleep(0.3)
+    running.stop_event.set()
+    result = running.result()
+    assert result.rejected == 0, "the kernel filter and the userspace check agree"
+    written = [record.data for record in iter_pcap_records(path)]
+    # Only our corpus: the link's own traffic (IPv6 router solicitations...) must not match these filters.
+    assert written == expected

@@ -380,7 +380,7 @@ def _run_capture(
     name: str,
     destination: str,
     marker: str,
-    time_limit: int = 6,
+    time_limit: int = 5,  # the README quotes kubectl apply -> success for a 5 s capture
 ) -> tuple[dict[str, Any], list[str]]:
     """kubectl apply a full capture on colo-a; send traffic from kpcap-node-3; wait for the end."""
     manifest = tmp_path / f"{name}.yaml"

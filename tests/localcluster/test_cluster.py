@@ -382,14 +382,19 @@ def test_teardown_leaves_no_namespace_link_or_process() -> None:
 def test_volumes_mount_in_the_container_only(
     local_cluster: LocalCluster, core: client.CoreV1Api, namespace: str
 ) -> None:
-    """An emptyDir over /tmp (where the harness keeps pod directories) and a ConfigMap beside it."""
+    """An emptyDir over the directory that holds every pod's volume sources, and a ConfigMap beside it.
+
+    Mounting it first would hide the other volumes' sources; the container's init holds them open.
+    (The cluster's state directory: never where the interpreter lives, wherever the clone is.)
+    """
     core.create_namespaced_config_map(
         namespace, {"metadata": {"name": "settings"}, "data": {"greeting": "hello"}}
     )
+    scratch = local_cluster.state_dir
     marker = f"kpcap-volume-{secrets.token_hex(4)}"
     script = (
         "import pathlib, sys;"
-        f"pathlib.Path('/tmp/{marker}').write_text('private');"
+        f"pathlib.Path('{scratch}/{marker}').write_text('private');"
         "print('greeting=' + pathlib.Path('/etc/kpcap-settings/greeting').read_text());"
         "print('token=' + str(pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount/token').exists()));"
         "print('READY', flush=True)"
@@ -398,7 +403,7 @@ def test_volumes_mount_in_the_container_only(
     pod["spec"]["containers"][0].update(
         command=["python3", "-c", script],
         volumeMounts=[
-            {"name": "scratch", "mountPath": "/tmp"},
+            {"name": "scratch", "mountPath": str(scratch)},
             {"name": "settings", "mountPath": "/etc/kpcap-settings", "readOnly": True},
         ],
     )
@@ -407,11 +412,15 @@ def test_volumes_mount_in_the_container_only(
         {"name": "settings", "configMap": {"name": "settings"}},
     ]
     core.create_namespaced_pod(namespace, pod)
-    logs = wait_for(
-        lambda: _logs_with(local_cluster, namespace, "volumes", "\ntoken="),
-        timeout=30,
-        what="the pod to read its volumes",
-    )
+    try:
+        logs = wait_for(
+            lambda: _logs_with(local_cluster, namespace, "volumes", "\ntoken="),
+            timeout=30,
+            what="the pod to read its volumes",
+        )
+    except BaseException:
+        print(local_cluster.pod_logs(namespace=namespace, pod="volumes"))
+        raise
     assert "greeting=hello" in logs
     assert "token=True" in logs
-    assert not Path(f"/tmp/{marker}").exists(), "the emptyDir, not the host's /tmp, took the write"
+    assert not (scratch / marker).exists(), "the emptyDir, not the host's directory, took the write"

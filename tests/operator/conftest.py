@@ -20,6 +20,7 @@ from kubernetes import client
 
 from kpcap.crd import load_crd
 from kpcap_localcluster.cluster import LocalCluster
+from kpcap_localcluster.controlplane import free_port
 from kpcap_localcluster.processes import ManagedProcess, spawn
 from tests.conftest import wait_for
 
@@ -125,7 +126,7 @@ def operator_fixture(
             "KPCAP_WEBHOOK_ENABLED": "true" if webhook else "false",
             "KPCAP_WEBHOOK_HOST": cluster.net.gateway,
             "KPCAP_WEBHOOK_PORT": "9443",
-            "KPCAP_METRICS_PORT": "0",
+            "KPCAP_METRICS_PORT": str(free_port()),
             **(extra_env or {}),
         }
         log_path = tmp_path_factory.mktemp("operator") / "operator.log"

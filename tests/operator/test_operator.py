@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -229,3 +231,36 @@ def test_second_simple_capture_within_the_window_is_refused(captures: Captures) 
     assert "sample-1" in second["errorMessage"]
     assert "every 60 s" in second["errorMessage"]
     assert {c["type"]: c["reason"] for c in first["conditions"]}["Admitted"] != "SimpleCaptureRateLimited"
+
+
+def test_transitions_are_events_and_metrics(captures: Captures, operator: RunningOperator) -> None:
+    captures.create(capture_body("observed", **full_spec(timeLimit=1)))
+    captures.wait_status("observed", {"pending", "running"})
+    for node in ("kpcap-node-1", "kpcap-node-2"):
+        captures.report("observed", node, phase="done", packets=2, objectUri=f"s3://b/{node}.pcap")
+    captures.wait_status("observed", {"success"})
+
+    def reasons() -> set[str]:
+        out = operator.cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            captures.namespace,
+            "-o",
+            "json",
+            "--field-selector",
+            "involvedObject.name=observed",
+        ).stdout
+        return {event["reason"] for event in json.loads(out)["items"]}
+
+    wait_for(lambda: {"Admitted", "Succeeded"} <= reasons(), timeout=15, what="Admitted and Succeeded events")
+    port = operator.env["KPCAP_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    successes = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("kpcap_captures_total{") and 'status="success"' in line and 'type="full"' in line
+    ]
+    assert successes, metrics
+    assert float(successes[0].rsplit(" ", 1)[1]) >= 1
