@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -17,39 +16,20 @@ from kpcap_localcluster.cluster import LocalCluster
 from tests.conftest import wait_for
 from tests.operator.conftest import (  # noqa: F401 - kpcap_installed is a fixture used by name
     AGENT_SA,
+    CREDENTIALS_SECRET,
     OPERATOR_NAMESPACE,
     Captures,
     RunningOperator,
     capture_body,
     kpcap_installed,
     operator_fixture,
+    storage_credentials,
 )
 from tests.pcaps import udp_payloads
 
 pytestmark = pytest.mark.e2e
 
 AGENT_IMAGE = "registry.example/kpcap/kpcap-agent:test"
-CREDENTIALS_SECRET = "kpcap-storage-credentials"
-
-
-@pytest.fixture(scope="module")
-def storage_credentials(kpcap_installed: LocalCluster) -> LocalCluster:  # noqa: F811
-    cluster = kpcap_installed
-    assert cluster.s3 is not None
-    assert cluster.gcs is not None
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": CREDENTIALS_SECRET, "namespace": OPERATOR_NAMESPACE},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "STORAGE_EMULATOR_HOST": cluster.gcs.endpoint,
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
-    return cluster
 
 
 _agent_operator = operator_fixture(
@@ -59,7 +39,8 @@ _agent_operator = operator_fixture(
 
 @pytest.fixture(scope="module")
 def operator(
-    storage_credentials: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+    storage_credentials: LocalCluster,  # noqa: F811 - the fixture imported above
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningOperator]:
     yield from _agent_operator(storage_credentials, tmp_path_factory)
 

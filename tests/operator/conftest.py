@@ -21,6 +21,7 @@ from kubernetes import client
 from kpcap.crd import load_crd
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.controlplane import free_port
+from kpcap_localcluster.install import storage_credentials as local_storage_credentials
 from kpcap_localcluster.processes import ManagedProcess, spawn
 from tests.conftest import wait_for
 
@@ -69,6 +70,23 @@ def kpcap_installed(local_cluster: LocalCluster) -> LocalCluster:
         "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
     )
     return local_cluster
+
+
+CREDENTIALS_SECRET = "kpcap-storage-credentials"
+
+
+@pytest.fixture(scope="session")
+def storage_credentials(kpcap_installed: LocalCluster) -> LocalCluster:
+    """The Secret whose keys the operator passes to capture agents: the local S3/GCS servers' access."""
+    cluster = kpcap_installed
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": CREDENTIALS_SECRET, "namespace": OPERATOR_NAMESPACE},
+        "stringData": local_storage_credentials(cluster),
+    }
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
+    return cluster
 
 
 @dataclass

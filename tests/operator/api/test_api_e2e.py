@@ -30,12 +30,17 @@ from scapy.utils import PcapNgReader, PcapReader
 
 from kpcap_localcluster.cluster import LocalCluster
 from tests.conftest import wait_for
-from tests.operator.conftest import OPERATOR_NAMESPACE, Captures, RunningOperator, operator_fixture
+from tests.operator.conftest import (
+    CREDENTIALS_SECRET,
+    OPERATOR_NAMESPACE,
+    Captures,
+    RunningOperator,
+    operator_fixture,
+)
 
 pytestmark = pytest.mark.e2e
 
 AGENT_IMAGE = "registry.example/kpcap/kpcap-agent:test"
-CREDENTIALS_SECRET = "kpcap-storage-credentials"
 MERGECAP = "/usr/bin/mergecap"
 WRITER_VERBS = ["get", "list", "watch", "create", "patch"]
 READER_VERBS = ["get", "list", "watch"]
@@ -49,26 +54,6 @@ def _free_port() -> int:
 
 API_PORT = _free_port()
 BASE_URL = f"http://127.0.0.1:{API_PORT}/client/v4"
-
-
-@pytest.fixture(scope="module")
-def storage_credentials(kpcap_installed: LocalCluster) -> LocalCluster:
-    cluster = kpcap_installed
-    assert cluster.s3 is not None
-    assert cluster.gcs is not None
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": CREDENTIALS_SECRET, "namespace": OPERATOR_NAMESPACE},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "STORAGE_EMULATOR_HOST": cluster.gcs.endpoint,
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
-    return cluster
 
 
 _api_operator = operator_fixture(
