@@ -44,15 +44,6 @@ class Kube:
     def list_nodes(self) -> list[Json]:
         return [self._json(node) for node in self.core.list_node().items]
 
-    def daemonset_exists(self, name: str) -> bool:
-        try:
-            self.apps.read_namespaced_daemon_set(name, self.namespace)
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
-
     def create_daemonset(self, manifest: Json) -> bool:
         """Create it unless it exists; True if this call created it (idempotent across restarts)."""
         try:
