@@ -1,0 +1,240 @@
+"""The sampler's pure core: a bounded, per-node ring of sampled packet headers (no I/O).
+
+The always-on sampler (DESIGN.md item 4, issue 6 part 1) offers every frame it sees to a
+:class:`SampleRing`, which keeps 1 in ``sample_rate`` of them, truncated to ``snap_length`` bytes
+with their original length and timestamp, and answers the operator's queries (time window, filter,
+packet limit). Networking, authentication and Kubernetes live elsewhere.
+
+Sampling is a deterministic counter: offered frames are numbered 0, 1, 2, ... and frame ``i`` is
+kept exactly when ``i % sample_rate == 0`` (the first offered frame is always kept).
+
+Byte accounting (what ``byte_budget`` bounds): every held record costs
+``len(record.data) + RECORD_OVERHEAD_BYTES``, where ``len(record.data)`` is the kept (truncated)
+packet data and :data:`RECORD_OVERHEAD_BYTES` is a fixed charge per record covering what CPython
+spends to hold it (the :class:`SampledPacket` object, the ``bytes`` object header, the two ``int``
+objects and the deque slot; about 160 bytes on 64-bit CPython 3.11, charged as 192). The sum of
+those costs over the held records (:attr:`SamplerStats.held_bytes`) is exact and never exceeds
+``byte_budget``: room is made by evicting the oldest records *before* a new one is stored.
+
+Retention: a record whose timestamp is more than ``retention_seconds`` before ``clock()`` is expired;
+expired records are dropped (oldest first) on every :meth:`SampleRing.offer`,
+:meth:`SampleRing.query` and :meth:`SampleRing.stats`. Records are held in arrival order; kernel
+timestamps are nearly monotonic, so expiry stops at the first unexpired record at the head and a
+slightly out-of-order record may outlive its retention by as long as the record ahead of it.
+Queries never return a record outside the requested window whatever the order.
+
+Queries favour the newest packets: when more than ``limit`` records match, the ``limit`` newest
+(largest timestamps) are returned, in ascending timestamp order, because upstream samples backwards
+from ``offset_time`` (the window's end).
+
+A :class:`SampleRing` is safe to share between threads (one lock; ``accept`` runs under it, so keep
+it cheap, as :func:`kpcap.filters.compile_matcher`'s predicates are).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+RECORD_OVERHEAD_BYTES: Final = 192
+MIN_SNAP_LENGTH: Final = 64
+MAX_SNAP_LENGTH: Final = 65535
+MAX_SAMPLE_RATE: Final = 2**31 - 1
+MAX_RETENTION_SECONDS: Final = 7 * 86400.0
+DEFAULT_RETENTION_SECONDS: Final = 86400.0
+MAX_BYTE_BUDGET: Final = 2**48
+_NANOSECONDS_PER_SECOND: Final = 1_000_000_000
+
+
+def _require_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplerConfig:
+    """How a node samples. Validated on construction; errors name the field and its allowed range.
+
+    - ``sample_rate``: keep 1 in N offered frames, N in ``1..2**31-1``;
+    - ``snap_length``: packet bytes kept per record, ``64..65535``;
+    - ``retention_seconds``: how long records are kept, ``(0, 604800]`` (default 24 h);
+    - ``byte_budget``: the most bytes held (see the module docstring for what a record costs),
+      ``snap_length + RECORD_OVERHEAD_BYTES .. 2**48`` so that any record fits.
+    """
+
+    sample_rate: int
+    snap_length: int
+    byte_budget: int
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
+
+    def __post_init__(self) -> None:
+        _require_int("sample_rate", self.sample_rate, 1, MAX_SAMPLE_RATE)
+        _require_int("snap_length", self.snap_length, MIN_SNAP_LENGTH, MAX_SNAP_LENGTH)
+        retention: object = self.retention_seconds
+        if isinstance(retention, bool) or not isinstance(retention, int | float):
+            raise TypeError(
+                f"retention_seconds must be a number in (0, {MAX_RETENTION_SECONDS:g}], got {retention!r}"
+            )
+        if not (math.isfinite(retention) and 0 < retention <= MAX_RETENTION_SECONDS):
+            raise ValueError(
+                f"retention_seconds must be in (0, {MAX_RETENTION_SECONDS:g}], got {self.retention_seconds}"
+            )
+        _require_int(
+            "byte_budget", self.byte_budget, self.snap_length + RECORD_OVERHEAD_BYTES, MAX_BYTE_BUDGET
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SampledPacket:
+    """One held record: capture timestamp, the frame's original length and its first bytes."""
+
+    timestamp_ns: int
+    original_length: int
+    data: bytes
+
+    @property
+    def cost(self) -> int:
+        """What this record counts against the byte budget."""
+        return len(self.data) + RECORD_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplerStats:
+    held_records: int
+    held_bytes: int  # sum of SampledPacket.cost over the held records, <= byte_budget
+    offered: int
+    sampled: int  # offered frames picked by the 1-in-N counter (stored or expired on arrival)
+    evicted_for_budget: int
+    evicted_for_retention: int  # includes sampled frames already expired when offered
+
+
+class SampleRing:
+    """A bounded store of sampled packet headers for one node (see the module docstring)."""
+
+    def __init__(self, config: SamplerConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config: Final = config
+        self._clock = clock
+        self._retention_ns: Final = round(config.retention_seconds * _NANOSECONDS_PER_SECOND)
+        self._records: deque[SampledPacket] = deque()
+        self._lock = threading.Lock()
+        self._held_bytes = 0
+        self._offered = 0
+        self._sampled = 0
+        self._evicted_for_budget = 0
+        self._evicted_for_retention = 0
+        # True while every record arrived with a timestamp >= the one before it (queries stop early).
+        self._ordered = True
+        self._last_timestamp_ns = -1
+
+    def offer(self, frame: bytes | bytearray, *, timestamp_ns: int) -> bool:
+        """Offer one frame seen at ``timestamp_ns`` (ns since the epoch). Returns whether it is stored.
+
+        The kept bytes are always a ``bytes`` copy of at most ``snap_length`` bytes (a ``bytes``
+        frame no longer than that is held as is), so a record never pins the caller's buffer.
+        """
+        if timestamp_ns < 0:
+            raise ValueError(f"timestamp_ns must be >= 0, got {timestamp_ns}")
+        with self._lock:
+            index = self._offered
+            self._offered = index + 1
+            if index % self.config.sample_rate:
+                return False
+            self._sampled += 1
+            cutoff = self._cutoff_ns()
+            self._expire(cutoff)
+            if timestamp_ns < cutoff:
+                self._evicted_for_retention += 1
+                return False
+            record = SampledPacket(
+                timestamp_ns=timestamp_ns,
+                original_length=len(frame),
+                data=bytes(frame[: self.config.snap_length]),
+            )
+            cost = record.cost
+            budget = self.config.byte_budget
+            records = self._records
+            while self._held_bytes + cost > budget:
+                self._held_bytes -= records.popleft().cost
+                self._evicted_for_budget += 1
+            records.append(record)
+            self._held_bytes += cost
+            if timestamp_ns < self._last_timestamp_ns:
+                self._ordered = False
+            self._last_timestamp_ns = max(self._last_timestamp_ns, timestamp_ns)
+            return True
+
+    def query(
+        self, *, since_ns: int, until_ns: int, accept: Callable[[bytes], bool], limit: int
+    ) -> list[SampledPacket]:
+        """Held records with ``since_ns <= timestamp_ns <= until_ns`` whose data ``accept`` takes.
+
+        At most ``limit`` of them: the newest ones when more match. Returned in ascending timestamp
+        order (ties in arrival order).
+        """
+        if since_ns > until_ns:
+            raise ValueError(f"since_ns must be <= until_ns, got {since_ns} > {until_ns}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        with self._lock:
+            self._expire(self._cutoff_ns())
+            if self._ordered:
+                return self._query_ordered(since_ns, until_ns, accept, limit)
+            matching = (
+                (record.timestamp_ns, position, record)
+                for position, record in enumerate(self._records)
+                if since_ns <= record.timestamp_ns <= until_ns and accept(record.data)
+            )
+            newest = heapq.nlargest(limit, matching, key=lambda item: (item[0], item[1]))
+        newest.reverse()
+        return [record for _, _, record in newest]
+
+    def _query_ordered(
+        self, since_ns: int, until_ns: int, accept: Callable[[bytes], bool], limit: int
+    ) -> list[SampledPacket]:
+        """Timestamps never decrease along the deque: walk it from the newest end and stop early."""
+        found: list[SampledPacket] = []
+        for record in reversed(self._records):
+            timestamp = record.timestamp_ns
+            if timestamp > until_ns:
+                continue
+            if timestamp < since_ns:
+                break
+            if accept(record.data):
+                found.append(record)
+                if len(found) == limit:
+                    break
+        found.reverse()
+        return found
+
+    def stats(self) -> SamplerStats:
+        with self._lock:
+            self._expire(self._cutoff_ns())
+            return SamplerStats(
+                held_records=len(self._records),
+                held_bytes=self._held_bytes,
+                offered=self._offered,
+                sampled=self._sampled,
+                evicted_for_budget=self._evicted_for_budget,
+                evicted_for_retention=self._evicted_for_retention,
+            )
+
+    def _cutoff_ns(self) -> int:
+        """The oldest timestamp still within retention."""
+        return round(self._clock() * _NANOSECONDS_PER_SECOND) - self._retention_ns
+
+    def _expire(self, cutoff_ns: int) -> None:
+        records = self._records
+        while records and records[0].timestamp_ns < cutoff_ns:
+            self._held_bytes -= records.popleft().cost
+            self._evicted_for_retention += 1
+        if not records:
+            self._ordered = True
+            self._last_timestamp_ns = -1
