@@ -39,6 +39,7 @@ RELEASE = "kpcap-chart"  # distinct names from the other suites' hand-made kpcap
 NAMESPACE = "kpcap-system"
 OPERATOR_SA = f"{RELEASE}-operator"
 AGENT_SA = f"{RELEASE}-agent"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the API listens on the pod's interfaces, for its Service
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -168,6 +169,8 @@ def test_every_value_is_commented() -> None:
         ({"operator": {"reportGraceSeconds": 1}}, ["/operator/reportGraceSeconds", "minimum"]),
         ({"agent": {"image": {"repository": "ghcr.io/x/tcpdump"}}}, ["/agent/image/repository"]),
         ({"storage": {"credentialsSecret": "Not_A_Name"}}, ["/storage/credentialsSecret"]),
+        ({"api": {"service": {"tls": True}}}, ["/api/service", "additional properties 'tls' not allowed"]),
+        ({"api": {"port": 0}}, ["/api/port", "minimum"]),
         ({"mystery": True}, ["additional properties 'mystery' not allowed"]),
     ],
 )
@@ -235,6 +238,73 @@ def test_default_render_is_locked_down() -> None:
     assert webhook_service["spec"]["ports"] == [
         {"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
     ]
+    # The REST API is off: no Service, no env, no port, and none of its RBAC (least privilege).
+    assert "KPCAP_API_PORT" not in env
+    assert "KPCAP_API_HOST" not in env
+    assert all(port["name"] != "api" for port in container["ports"])
+    assert all(not d["metadata"]["name"].endswith("-api") for d in by_kind(docs, "Service"))
+    assert _api_rules(docs, "kpcap") == ([], [])
+
+
+# The REST API's extra grants (operator/kpcap_operator/api): cluster-wide in the operator's
+# ClusterRole, ConfigMaps in its Role (the release namespace).
+API_CLUSTER_RULES = [
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    {"apiGroups": ["kpcap.io"], "resources": ["packetcaptures"], "verbs": ["create"]},
+]
+API_NAMESPACE_RULES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]}]
+
+
+def _api_rules(docs: list[dict[str, Any]], fullname: str) -> tuple[list[Any], list[Any]]:
+    """The operator's ClusterRole and Role rules that only the REST API needs (or anything like them)."""
+
+    def of_api(rule: dict[str, Any]) -> bool:
+        return (
+            bool({"authentication.k8s.io", "authorization.k8s.io"} & set(rule["apiGroups"]))
+            or "configmaps" in rule["resources"]
+            or ("packetcaptures" in rule["resources"] and "create" in rule["verbs"])
+        )
+
+    name = f"{fullname}-operator"
+    (cluster_role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == name]
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"] == name]
+    return (
+        [r for r in cluster_role["rules"] if of_api(r)],
+        [r for r in role["rules"] if of_api(r)],
+    )
+
+
+def test_api_enabled_adds_its_service_env_port_and_rbac(tmp_path: Path) -> None:
+    docs = documents(render(values=(values_file(tmp_path, {"api": {"enabled": True}}),)).stdout)
+    (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KPCAP_API_PORT"] == "8000"
+    assert env["KPCAP_API_HOST"] == ALL_INTERFACES
+    assert {"name": "api", "containerPort": 8000} in container["ports"]
+    (service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "kpcap-api"]
+    assert service["metadata"]["namespace"] == NAMESPACE
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "api", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == {
+        "app.kubernetes.io/name": "kpcap",
+        "app.kubernetes.io/instance": "kpcap",
+        "app.kubernetes.io/component": "operator",
+    }
+    cluster_rules, namespace_rules = _api_rules(docs, "kpcap")
+    assert cluster_rules == API_CLUSTER_RULES
+    assert namespace_rules == API_NAMESPACE_RULES
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"] == "kpcap-operator"]
+    assert role["metadata"]["namespace"] == NAMESPACE, "ownership ConfigMaps: the release namespace only"
+
+
+def test_api_port_must_not_collide_with_the_operators_other_ports(tmp_path: Path) -> None:
+    values = {"api": {"enabled": True, "port": 8080}}
+    result = render(values=(values_file(tmp_path, values),), check=False)
+    assert result.returncode != 0
+    assert "api.port 8080 is already used" in result.stderr, result.stderr
+    values["metrics"] = {"enabled": False}
+    assert render(values=(values_file(tmp_path, values),), check=False).returncode == 0
 
 
 def test_pdb_api_version_follows_the_server() -> None:
@@ -306,6 +376,16 @@ def test_every_setting_reaches_the_manifests() -> None:
         "verbs": ["get", "list", "watch", "patch"],
     } in rules
     assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in rules
+    assert env["KPCAP_API_PORT"] == "18000"
+    assert env["KPCAP_API_HOST"] == ALL_INTERFACES
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"name": "api", "containerPort": 18000} in ports
+    (api_service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "kpcap-every-api"]
+    assert api_service["spec"]["type"] == "NodePort"
+    assert api_service["spec"]["ports"] == [
+        {"name": "http", "port": 8088, "targetPort": "api", "protocol": "TCP"}
+    ]
+    assert _api_rules(docs, "kpcap-every") == (API_CLUSTER_RULES, API_NAMESPACE_RULES)
 
 
 # --- against the local apiserver --------------------------------------------------------------
@@ -563,6 +643,12 @@ NOT_GRANTED: list[tuple[str, Call]] = [
         OPERATOR_SA,
         ("patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "other", ""),
     ),
+    # The REST API's grants, absent while api.enabled is false (the default the installation uses).
+    (OPERATOR_SA, ("create", "authentication.k8s.io", "tokenreviews", "", "", "")),
+    (OPERATOR_SA, ("create", "authorization.k8s.io", "subjectaccessreviews", "", "", "")),
+    (OPERATOR_SA, ("create", "kpcap.io", "packetcaptures", "users-ns", "", "")),
+    (OPERATOR_SA, ("get", "", "configmaps", NAMESPACE, "kpcap-ownership-users-ns", "")),
+    (OPERATOR_SA, ("update", "", "configmaps", NAMESPACE, "kpcap-ownership-users-ns", "")),
     (AGENT_SA, ("list", "kpcap.io", "packetcaptures", "", "", "")),
     (AGENT_SA, ("create", "kpcap.io", "packetcaptures", "users-ns", "", "")),
     (AGENT_SA, ("patch", "kpcap.io", "packetcaptures", "users-ns", "c", "")),
