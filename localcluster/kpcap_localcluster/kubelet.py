@@ -382,15 +382,23 @@ class PodWorker(threading.Thread):
             self.report_waiting("ImageNotKnown", str(err))
             self._wait_for_deletion()
             return
-        try:
-            volume_dirs = self.prepare_volumes()
-            init_plans = [self.plan(c, volume_dirs) for c in spec.get("initContainers") or []]
-            plans = [self.plan(c, volume_dirs) for c in spec["containers"]]
-        except (PodSpecError, ApiException) as err:
-            reason = "CreateContainerConfigError"
-            self.report_waiting(reason, str(err) if isinstance(err, PodSpecError) else err.reason)
-            self._wait_for_deletion()
-            return
+        # As a real kubelet's sync loop does, retry what may succeed later: the Node authoriser learns
+        # of a freshly bound pod (and so of its Secrets and token) a moment after the kubelet does,
+        # and a referenced Secret or ConfigMap may be created after the pod.
+        delay = self.cfg.restart_backoff_base
+        while True:
+            try:
+                volume_dirs = self.prepare_volumes()
+                init_plans = [self.plan(c, volume_dirs) for c in spec.get("initContainers") or []]
+                plans = [self.plan(c, volume_dirs) for c in spec["containers"]]
+                break
+            except (PodSpecError, ApiException) as err:
+                message = str(err) if isinstance(err, PodSpecError) else f"{err.status} {err.reason}"
+                self.report_waiting("CreateContainerConfigError", message)
+                if self.gone.wait(delay) or self.terminate_at is not None:
+                    self._wait_for_deletion()
+                    return
+                delay = min(delay * 2, self.cfg.restart_backoff_max)
         self.pod["status"]["startTime"] = now_rfc3339()
         images = {c["name"]: c["image"] for c in [*(spec.get("initContainers") or []), *spec["containers"]]}
         for init in init_plans:

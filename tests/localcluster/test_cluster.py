@@ -424,3 +424,29 @@ def test_volumes_mount_in_the_container_only(
     assert "greeting=hello" in logs
     assert "token=True" in logs
     assert not (scratch / marker).exists(), "the emptyDir, not the host's directory, took the write"
+
+
+def test_a_pod_waits_for_a_configmap_created_after_it(
+    local_cluster: LocalCluster, core: client.CoreV1Api, namespace: str
+) -> None:
+    """CreateContainerConfigError is retried, as a kubelet's sync loop does, not final."""
+    pod = _pod("late-config", args=["idle"])
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "greeting"}}}
+    ]
+    core.create_namespaced_pod(namespace, pod)
+
+    def waiting_reason() -> str | None:
+        statuses = core.read_namespaced_pod("late-config", namespace).status.container_statuses or []
+        waiting = statuses[0].state.waiting if statuses else None
+        return waiting.reason if waiting else None
+
+    assert wait_for(waiting_reason, timeout=30, what="the missing ConfigMap to be reported") == (
+        "CreateContainerConfigError"
+    )
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "late"}, "data": {"greeting": "hi"}})
+    wait_for(
+        lambda: _logs_with(local_cluster, namespace, "late-config", "READY"),
+        timeout=60,
+        what="the pod to start once its ConfigMap exists",
+    )
