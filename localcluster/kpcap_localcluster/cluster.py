@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -265,9 +267,6 @@ class LocalCluster:
         for node in self.nodes:
             for pid in network.netns_pids(node.netns):
                 with contextlib.suppress(ProcessLookupError):
-                    import os
-                    import signal
-
                     os.kill(pid, signal.SIGKILL)
             network.remove_node(node.net)
         network.remove_bridge(self.net)
@@ -387,7 +386,7 @@ class LocalCluster:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**dict(__import__("os").environ), processes.RUN_MARKER: self.run_id},
+            env={**os.environ, processes.RUN_MARKER: self.run_id},
         )
 
     def pod_logs(self, *, namespace: str, pod: str, container: str | None = None) -> str:

@@ -24,10 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from kpcap_localcluster.cluster import LocalCluster, default_nodes
-from kpcap_localcluster.install import install, storage_credentials, write_manifest
+from kpcap_localcluster.install import install, write_manifest
 
 BUCKET = "kpcap-demo"
 MATCHING_PORT, OTHER_PORT = 7777, 8888
@@ -96,14 +94,7 @@ def main() -> int:
         installation = install(cluster)
         print(cluster.kubectl("get", "deploy,svc,sa", "-n", installation.namespace).stdout, flush=True)
 
-        credentials = storage_credentials(cluster)
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=cluster.s3.endpoint,
-            region_name=credentials["AWS_DEFAULT_REGION"],
-            aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-        )
+        s3 = cluster.s3.s3_client()
         s3.create_bucket(Bucket=BUCKET)
         args.output.mkdir(parents=True, exist_ok=True)
         manifest = write_manifest(args.output, capture_manifest(s3_endpoint=cluster.s3.endpoint))

@@ -21,6 +21,7 @@ import yaml
 from kpcap.crd import load_crd
 from kpcap_localcluster.binaries import REPO_ROOT, tool
 from kpcap_localcluster.cluster import LocalCluster
+from kpcap_localcluster.storage import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 
 CHART = REPO_ROOT / "charts" / "kpcap"
 TEST_IMAGES = {
@@ -56,9 +57,9 @@ def storage_credentials(cluster: LocalCluster) -> dict[str, str]:
     """What the agents need to reach the local S3 and GCS servers through the SDKs' standard chains."""
     assert cluster.gcs is not None  # noqa: S101 - the cluster was started with storage
     return {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
+        "AWS_DEFAULT_REGION": TEST_REGION,
         "STORAGE_EMULATOR_HOST": cluster.gcs.endpoint,
     }
 

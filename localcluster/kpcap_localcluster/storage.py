@@ -12,8 +12,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kpcap_localcluster.processes import ManagedProcess, spawn
+
+# The local servers accept any credentials; these are what the tests, the demo and the agents use.
+TEST_REGION = "us-east-1"
+TEST_ACCESS_KEY = "test"
+TEST_SECRET_KEY = "test"  # noqa: S105 - a test server's dummy
+TEST_PROJECT = "kpcap-test"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +36,29 @@ class StorageServer:
 
     def stop(self) -> None:
         self.process.stop(grace=5)
+
+    def s3_client(self) -> Any:
+        """A boto3 S3 client for this (moto) server."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=TEST_REGION,
+            aws_access_key_id=TEST_ACCESS_KEY,
+            aws_secret_access_key=TEST_SECRET_KEY,
+        )
+
+    def gcs_client(self) -> Any:
+        """A google-cloud-storage client for this (emulator) server."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project=TEST_PROJECT,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": self.endpoint},
+        )
 
 
 def _free_port(host: str) -> int:

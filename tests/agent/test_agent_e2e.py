@@ -6,10 +6,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
 from kubernetes import client
 
 from kpcap_localcluster.cluster import LocalCluster
@@ -52,13 +49,7 @@ def captures(operator: RunningOperator, namespace: str) -> Captures:
 
 def _s3(cluster: LocalCluster) -> Any:
     assert cluster.s3 is not None
-    return boto3.client(
-        "s3",
-        endpoint_url=cluster.s3.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    return cluster.s3.s3_client()
 
 
 def _run_capture(
@@ -123,11 +114,7 @@ def test_full_capture_to_gcs(captures: Captures, operator: RunningOperator) -> N
     cluster = operator.cluster
     assert cluster.gcs is not None
     bucket = f"kpcap-{secrets.token_hex(4)}"
-    gcs_client = gcs.Client(
-        project="kpcap-test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": cluster.gcs.endpoint},
-    )
+    gcs_client = cluster.gcs.gcs_client()
     gcs_client.create_bucket(bucket)
     marker = f"g-{secrets.token_hex(6)}"
     final = _run_capture(captures, cluster, name="to-gcs", destination=f"gs://{bucket}/pcaps", marker=marker)

@@ -16,11 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
 from kubernetes import client
 
 from kpcap_localcluster.binaries import tool
@@ -518,13 +515,7 @@ def test_installed_chart_runs_a_full_capture_to_s3(
 ) -> None:
     cluster = installed
     assert cluster.s3 is not None
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=cluster.s3.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    s3 = cluster.s3.s3_client()
     bucket = f"kpcap-chart-{secrets.token_hex(4)}"
     s3.create_bucket(Bucket=bucket)
     marker = f"c-{secrets.token_hex(6)}"
@@ -556,11 +547,7 @@ def test_installed_chart_runs_a_full_capture_to_gcs(
     cluster = installed
     assert cluster.gcs is not None
     bucket = f"kpcap-chart-{secrets.token_hex(4)}"
-    storage = gcs.Client(
-        project="kpcap-test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": cluster.gcs.endpoint},
-    )
+    storage = cluster.gcs.gcs_client()
     storage.create_bucket(bucket)
     marker = f"g-{secrets.token_hex(6)}"
     try:
@@ -768,13 +755,7 @@ def test_rbac_without_status_patch_the_agents_cannot_report(
     try:
         assert cluster.s3 is not None
         bucket = f"kpcap-chart-{secrets.token_hex(4)}"
-        boto3.client(
-            "s3",
-            endpoint_url=cluster.s3.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        ).create_bucket(Bucket=bucket)
+        cluster.s3.s3_client().create_bucket(Bucket=bucket)
         final, _ = _run_capture(
             cluster,
             namespace,

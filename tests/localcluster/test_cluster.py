@@ -10,10 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
 from kubernetes import client
 
 from kpcap_localcluster import network
@@ -346,20 +343,10 @@ def test_storage_servers_answer_the_real_clients_from_a_node(local_cluster: Loca
     local_cluster.run_in_node(
         local_cluster.nodes[0].name, [sys.executable, "-c", script, local_cluster.s3.endpoint, bucket]
     )
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=local_cluster.s3.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    s3 = local_cluster.s3.s3_client()
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"from-node"
 
-    gcs_client = gcs.Client(
-        project="kpcap-test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": local_cluster.gcs.endpoint},
-    )
+    gcs_client = local_cluster.gcs.gcs_client()
     gcs_client.create_bucket(bucket).blob("k").upload_from_string(b"to-gcs")
     assert gcs_client.bucket(bucket).blob("k").download_as_bytes() == b"to-gcs"
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import cloudflare
 import httpx
 import pytest
@@ -264,13 +263,7 @@ def test_sdk_simple_capture_flow(account: Account, operator: RunningOperator) ->
 
 def _s3(cluster: LocalCluster) -> Any:
     assert cluster.s3 is not None
-    return boto3.client(
-        "s3",
-        endpoint_url=cluster.s3.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    return cluster.s3.s3_client()
 
 
 def _send(cluster: LocalCluster, *, src: str, dst: str, port: int, count: int, payload: str) -> None:
