@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from kpcap_operator.api import ApiSettings, start_api
 from kpcap_operator.handlers import build_registry, configure_kopf
 from kpcap_operator.kube import Kube, load_client
+from kpcap_operator.samples import open_sampling
 from kpcap_operator.settings import OperatorSettings, SettingsError
 from kpcap_operator.webhook import webhook_server
 
@@ -28,7 +29,11 @@ def main() -> None:
     except SettingsError as err:
         sys.exit(f"kpcap-operator: configuration error: {err}")
     kube = Kube(load_client(), namespace=settings.namespace)
-    registry = build_registry(settings=settings, kube=kube)
+    try:
+        sampling = open_sampling(settings=settings, kube=kube)
+    except ValueError as err:
+        sys.exit(f"kpcap-operator: configuration error: {err}")
+    registry = build_registry(settings=settings, kube=kube, sampling=sampling)
     server = webhook_server(settings, pod_ip=os.environ.get("KPCAP_POD_IP", ""))
 
     @kopf.on.startup(registry=registry)
@@ -48,7 +53,13 @@ def main() -> None:
             )
             host = os.environ.get("KPCAP_API_HOST", "")
             api_runners.append(
-                await start_api(api=load_client(), settings=api_settings, host=host, port=api_port)
+                await start_api(
+                    api=load_client(),
+                    settings=api_settings,
+                    sample_store=sampling.store,
+                    host=host,
+                    port=api_port,
+                )
             )
 
         @kopf.on.cleanup(registry=registry)

@@ -19,6 +19,7 @@ from kpcap.model import CaptureType, capture_id, parse_spec
 from kpcap_operator import decisions, metrics
 from kpcap_operator.kube import GROUP, PLURAL, VERSION, Kube
 from kpcap_operator.reconcile import AdmissionLedger, reconcile
+from kpcap_operator.samples import Sampling
 from kpcap_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def validate_admission(
         raise kopf.AdmissionError(message, code=429)
 
 
-def build_registry(*, settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
+def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     ledger = AdmissionLedger()
 
@@ -108,7 +109,9 @@ def build_registry(*, settings: OperatorSettings, kube: Kube) -> kopf.OperatorRe
     )
     def reconcile_capture(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         try:
-            result = reconcile(body=dict(body), settings=settings, kube=kube, ledger=ledger, now_fn=_now)
+            result = reconcile(
+                body=dict(body), settings=settings, kube=kube, ledger=ledger, sampling=sampling, now_fn=_now
+            )
         except Exception:
             metrics.RECONCILE_ERRORS.labels(stage="reconcile").inc()
             raise
@@ -132,7 +135,13 @@ def build_registry(*, settings: OperatorSettings, kube: Kube) -> kopf.OperatorRe
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     def delete_capture(body: kopf.Body, **_: Any) -> None:
-        deleted = kube.delete_capture_daemonsets(capture_id(body.metadata.uid))
+        cid = capture_id(body.metadata.uid)
+        if body.spec.get("type") == CaptureType.SIMPLE.value:
+            # The operator's store keeps a simple capture's PCAP as long as its object exists.
+            sampling.store.store.delete(
+                sampling.store.key(namespace=str(body.metadata.namespace), capture_id=cid)
+            )
+        deleted = kube.delete_capture_daemonsets(cid)
         log.info(
             "capture %s/%s deleted; removed DaemonSets %s",
             body.metadata.namespace,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -40,6 +41,23 @@ class Kube:
     def list_captures(self, namespace: str) -> list[Json]:
         listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
         return list(listing.get("items", []))
+
+    def list_pods(self, label_selector: str) -> list[Json]:
+        """Pods in the operator's namespace (the samplers, found by their label)."""
+        found = self.core.list_namespaced_pod(self.namespace, label_selector=label_selector).items
+        return [self._json(pod) for pod in found]
+
+    def request_token(self, *, service_account: str, audience: str, seconds: int) -> tuple[str, float]:
+        """A token of ``service_account`` (operator namespace) bound to ``audience``: (token, lifetime s)."""
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=seconds)
+        )
+        answer = self.core.create_namespaced_service_account_token(service_account, self.namespace, request)
+        expires = answer.status.expiration_timestamp
+        lifetime = float(seconds)
+        if expires is not None:
+            lifetime = max(60.0, (expires - datetime.now(UTC)).total_seconds())
+        return str(answer.status.token), lifetime
 
     def list_nodes(self) -> list[Json]:
         return [self._json(node) for node in self.core.list_node().items]

@@ -16,9 +16,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kpcap.errors import SpecInvalid
-from kpcap.model import CaptureSpec, CaptureStatus, CaptureType, capture_id, format_rfc3339, parse_spec
-from kpcap_operator import decisions, manifests
+from kpcap.model import (
+    CaptureSpec,
+    CaptureStatus,
+    CaptureType,
+    NodePhase,
+    capture_id,
+    format_rfc3339,
+    parse_spec,
+)
+from kpcap.storage import PCAP_CONTENT_TYPE, StorageError
+from kpcap_operator import decisions, manifests, samples
 from kpcap_operator.kube import Kube
+from kpcap_operator.samples import Sampling
 from kpcap_operator.settings import OperatorSettings
 
 Json = dict[str, Any]
@@ -39,6 +49,8 @@ class Result:
     status: Json = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     finished: CaptureStatus | None = None
+    sample_from: list[str] | None = None
+    """An admitted simple capture: the nodes whose samplers to ask (outside the admission lock)."""
 
 
 def _refuse(*, reason: str, message: str, now: datetime) -> Result:
@@ -121,8 +133,12 @@ def _admit(
         message = decisions.no_nodes_message(spec=spec, nodes=nodes, colo_label=settings.colo_label)
         return _refuse(reason=decisions.REASON_NO_NODES, message=message, now=now)
     if spec.type == CaptureType.SIMPLE:
-        message = "simple captures need the sampler DaemonSet, which is not deployed in this cluster"
-        return _refuse(reason="SamplerUnavailable", message=message, now=now)
+        message = f"sampling past traffic on {len(targets)} node(s): {', '.join(targets)}"
+        return Result(
+            status={"status": CaptureStatus.PENDING.value, "submitted": format_rfc3339(now)},
+            events=[Event("Normal", "Admitted", message)],
+            sample_from=targets,
+        )
     cid = capture_id(meta["uid"])
     ensure_daemonset(body=body, spec=spec, targets=targets, settings=settings, kube=kube)
     stamp = format_rfc3339(now)
@@ -236,12 +252,103 @@ def progress(*, body: Mapping[str, Any], settings: OperatorSettings, kube: Kube,
     return result
 
 
+def take_sample(
+    *, body: Mapping[str, Any], targets: list[str], sampling: Sampling, admitted: Result, now: datetime
+) -> Result:
+    """A simple capture, admitted: ask the samplers, merge, keep the PCAP, finish at once."""
+    meta = body["metadata"]
+    spec = parse_spec(body.get("spec"), now=None)
+    since_ns, until_ns = samples.sample_window(spec=spec, now=now)
+    answers = samples.usable_answers(
+        sampling.samplers.ask(targets=targets, spec=spec, since_ns=since_ns, until_ns=until_ns)
+    )
+    answered = [a for a in answers if a.pcap is not None]
+    silent = [a for a in answers if a.pcap is None]
+    stamp = format_rfc3339(now)
+    admitted_condition = decisions.condition(
+        kind="Admitted", ok=True, reason="Admitted", message=admitted.events[0].message, now=now
+    )
+    nodes: Json = {
+        a.node: {"phase": NodePhase.FAILED.value, "error": a.error or "no answer", "updated": stamp}
+        for a in silent
+    }
+    status: Json = {
+        "submitted": admitted.status["submitted"],
+        "started": stamp,
+        "targetNodes": targets,
+        "nodesSummary": f"{len(answered)}/{len(targets)}",
+        "packetsRemaining": 0,
+    }
+    unanswered = "; ".join(f"{a.node}: {a.error}" for a in silent)
+    failure: str | None = None
+    if not answered:
+        failure = f"no sampler answered: {unanswered}"
+    else:
+        merged = samples.merge_newest(answered, limit=spec.packet_limit)
+        key = sampling.store.key(namespace=meta["namespace"], capture_id=capture_id(meta["uid"]))
+        try:
+            uri = sampling.store.store.put_bytes(
+                key=key, data=merged.pcap, content_type=PCAP_CONTENT_TYPE
+            ).uri
+        except StorageError as err:
+            failure = f"the sampled packets could not be stored: {err}"
+        else:
+            for answer in answered:
+                nodes[answer.node] = {
+                    "phase": NodePhase.DONE.value,
+                    "packets": merged.per_node[answer.node],
+                    "updated": stamp,
+                }
+            status.update(
+                {
+                    "packetsCaptured": merged.packets,
+                    "bytesCaptured": merged.packet_bytes,
+                    "files": [uri],
+                }
+            )
+    status["nodes"] = nodes
+    if failure is not None:
+        log.warning("simple capture %s/%s failed: %s", meta["namespace"], meta["name"], failure)
+        status.update({"status": CaptureStatus.FAILED.value, "errorMessage": failure, "packetsCaptured": 0})
+        status["conditions"] = [
+            admitted_condition,
+            decisions.condition(kind="Complete", ok=False, reason="SamplersSilent", message=failure, now=now),
+        ]
+        return Result(
+            status=status,
+            events=[*admitted.events, Event("Warning", "SamplersSilent", failure)],
+            finished=CaptureStatus.FAILED,
+        )
+    message = (
+        f"{status['packetsCaptured']} sampled packet(s) from {len(answered)} of {len(targets)} node(s)"
+        + (f"; no answer from {unanswered}" if silent else "")
+    )
+    log.info(
+        "simple capture %s/%s: %s (window %s s, answers in %s)",
+        meta["namespace"],
+        meta["name"],
+        message,
+        spec.time_limit,
+        ", ".join(f"{a.node} {a.seconds * 1000:.0f} ms" for a in answered),
+    )
+    status["status"] = CaptureStatus.SUCCESS.value
+    status["conditions"] = [
+        admitted_condition,
+        decisions.condition(kind="Complete", ok=True, reason="Sampled", message=message, now=now),
+    ]
+    events = [*admitted.events, Event("Normal", "Sampled", message)]
+    if silent:
+        events.append(Event("Warning", "SamplersSilent", f"no answer from {unanswered}"))
+    return Result(status=status, events=events, finished=CaptureStatus.SUCCESS)
+
+
 def reconcile(
     *,
     body: Mapping[str, Any],
     settings: OperatorSettings,
     kube: Kube,
     ledger: AdmissionLedger,
+    sampling: Sampling,
     now_fn: Callable[[], datetime],
 ) -> Result:
     current = (body.get("status") or {}).get("status")
@@ -251,5 +358,10 @@ def reconcile(
         kube.delete_capture_daemonsets(capture_id(body["metadata"]["uid"]))
         return Result()
     if not current:
-        return ledger.admit(body=body, settings=settings, kube=kube, now=now_fn())
+        admitted = ledger.admit(body=body, settings=settings, kube=kube, now=now_fn())
+        if admitted.sample_from is None:
+            return admitted
+        return take_sample(
+            body=body, targets=admitted.sample_from, sampling=sampling, admitted=admitted, now=now_fn()
+        )
     return progress(body=body, settings=settings, kube=kube, now=now_fn())

@@ -39,6 +39,17 @@ class OperatorSettings:
     webhook_cert_dir: str = ""
     metrics_port: int = 8080
     reconcile_interval_seconds: float = 1.0
+    service_account: str = "kpcap-operator"
+    """The operator's own ServiceAccount (operator namespace): its audience-bound tokens prove the
+    operator to the samplers."""
+    sampler_selector: str = "app.kubernetes.io/component=sampler"
+    """Label selector of the sampler pods in the operator's namespace."""
+    sampler_port: int = 9444
+    sampler_audience: str = "kpcap-sampler"
+    sampler_timeout_seconds: float = 1.0
+    """How long a simple capture waits for the samplers' answers."""
+    sample_store: str = "/var/lib/kpcap/samples"
+    """Where simple captures' PCAPs are kept: a directory (a volume), or an s3:// or gs:// bucket URI."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -87,4 +98,10 @@ class OperatorSettings:
             webhook_service=source.get("KPCAP_WEBHOOK_SERVICE", ""),
             webhook_cert_dir=source.get("KPCAP_WEBHOOK_CERT_DIR", ""),
             metrics_port=integer("KPCAP_METRICS_PORT", 8080, 0, 65535),
+            service_account=source.get("KPCAP_SERVICE_ACCOUNT") or "kpcap-operator",
+            sampler_selector=source.get("KPCAP_SAMPLER_SELECTOR") or "app.kubernetes.io/component=sampler",
+            sampler_port=integer("KPCAP_SAMPLER_PORT", 9444, 1, 65535),
+            sampler_audience=source.get("KPCAP_SAMPLER_AUDIENCE") or "kpcap-sampler",
+            sampler_timeout_seconds=integer("KPCAP_SAMPLER_TIMEOUT_MS", 1000, 100, 60000) / 1000,
+            sample_store=source.get("KPCAP_SAMPLE_STORE") or "/var/lib/kpcap/samples",
         )

@@ -36,6 +36,7 @@ RELEASE = "kpcap-chart"  # distinct names from the other suites' hand-made kpcap
 NAMESPACE = "kpcap-system"
 OPERATOR_SA = f"{RELEASE}-operator"
 AGENT_SA = f"{RELEASE}-agent"
+SAMPLER_SA = f"{RELEASE}-sampler"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the API listens on the pod's interfaces, for its Service
 
 
@@ -123,6 +124,7 @@ def test_the_every_setting_values_file_changes_every_value() -> None:
         "webhook.enabled",
         "metrics.enabled",
         "podDisruptionBudget.enabled",
+        "sampler.enabled",
         "operator.podSecurityContext.runAsNonRoot",
         "operator.podSecurityContext.seccompProfile.type",
         "operator.securityContext.allowPrivilegeEscalation",
@@ -194,14 +196,18 @@ def test_default_render_is_locked_down() -> None:
         [
             "ClusterRole",
             "ClusterRole",
+            "ClusterRole",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "DaemonSet",
             "Deployment",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
             "Service",
             "Service",
+            "ServiceAccount",
             "ServiceAccount",
             "ServiceAccount",
         ]
@@ -241,6 +247,38 @@ def test_default_render_is_locked_down() -> None:
     assert all(port["name"] != "api" for port in container["ports"])
     assert all(not d["metadata"]["name"].endswith("-api") for d in by_kind(docs, "Service"))
     assert _api_rules(docs, "kpcap") == ([], [])
+    # The sampler is on by default: TokenReviews only, hostNetwork, two capabilities, memory-only ring.
+    (sampler_role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kpcap-sampler"]
+    assert sampler_role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    ]
+    (sampler,) = by_kind(docs, "DaemonSet")
+    sampler_pod = sampler["spec"]["template"]["spec"]
+    assert sampler_pod["serviceAccountName"] == "kpcap-sampler"
+    assert sampler_pod["hostNetwork"] is True
+    (sampler_container,) = sampler_pod["containers"]
+    sampler_env = {e["name"]: e.get("value") for e in sampler_container["env"]}
+    assert sampler_env["KPCAP_SAMPLER_CLIENT"] == f"system:serviceaccount:{NAMESPACE}:kpcap-operator"
+    assert sampler_env["KPCAP_SAMPLER_BYTE_BUDGET"] == "128Mi"
+    assert sampler_container["securityContext"]["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["NET_RAW", "NET_ADMIN"],
+    }
+    assert sampler_container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert [v for v in sampler_pod["volumes"] if "emptyDir" in v] == [
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    ]
+    assert env["KPCAP_SAMPLE_STORE"] == "/var/lib/kpcap/samples"
+    assert {"name": "samples", "mountPath": "/var/lib/kpcap/samples"} in container["volumeMounts"]
+    assert {"name": "samples", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"] == "kpcap-operator"]
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]} in role["rules"]
+    assert {
+        "apiGroups": [""],
+        "resources": ["serviceaccounts/token"],
+        "resourceNames": ["kpcap-operator"],
+        "verbs": ["create"],
+    } in role["rules"]
 
 
 # The REST API's extra grants (operator/kpcap_operator/api): cluster-wide in the operator's
@@ -295,6 +333,14 @@ def test_api_enabled_adds_its_service_env_port_and_rbac(tmp_path: Path) -> None:
     assert role["metadata"]["namespace"] == NAMESPACE, "ownership ConfigMaps: the release namespace only"
 
 
+def test_samples_volume_is_an_existing_claim_when_named(tmp_path: Path) -> None:
+    values = {"samples": {"existingClaim": "kept-samples"}}
+    docs = documents(render(values=(values_file(tmp_path, values),)).stdout)
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    assert {"name": "samples", "persistentVolumeClaim": {"claimName": "kept-samples"}} in pod["volumes"]
+    assert "envFrom" not in pod["containers"][0], "no bucket and no API: the operator needs no credentials"
+
+
 def test_api_port_must_not_collide_with_the_operators_other_ports(tmp_path: Path) -> None:
     values = {"api": {"enabled": True, "port": 8080}}
     result = render(values=(values_file(tmp_path, values),), check=False)
@@ -329,8 +375,15 @@ def test_switches_remove_their_objects(tmp_path: Path) -> None:
         "podDisruptionBudget": {"enabled": False},
         "operator": {"serviceAccount": {"create": False}},
         "agent": {"serviceAccount": {"create": False}},
+        "sampler": {"enabled": False},
     }
     docs = documents(render(values=(values_file(tmp_path, off),)).stdout)
+    assert not by_kind(docs, "DaemonSet")
+    assert all(not d["metadata"]["name"].endswith("-sampler") for d in docs)
+    role = next(d for d in by_kind(docs, "Role") if d["metadata"]["name"] == "kpcap-operator")
+    assert all(
+        "pods" not in r["resources"] and "serviceaccounts/token" not in r["resources"] for r in role["rules"]
+    )
     assert not by_kind(docs, "Service")
     assert not by_kind(docs, "PodDisruptionBudget")
     assert not by_kind(docs, "ServiceAccount")
@@ -349,7 +402,7 @@ def test_every_setting_reaches_the_manifests() -> None:
     (sampler,) = by_kind(docs, "DaemonSet")
     spec = sampler["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True
-    assert spec["automountServiceAccountToken"] is False
+    assert spec["automountServiceAccountToken"] is True  # for its TokenReviews
     (container,) = spec["containers"]
     assert container["args"] == ["sample"]
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"]}
@@ -375,6 +428,13 @@ def test_every_setting_reaches_the_manifests() -> None:
     assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in rules
     assert env["KPCAP_API_PORT"] == "18000"
     assert env["KPCAP_API_HOST"] == ALL_INTERFACES
+    # Simple captures kept in a bucket: no volume, and the operator gets the storage credentials.
+    assert env["KPCAP_SAMPLE_STORE"] == "s3://kpcap-samples/simple?region=eu-west-1"
+    assert env["KPCAP_SAMPLER_TIMEOUT_MS"] == "1500"
+    assert env["KPCAP_SAMPLER_PORT"] == "19444"
+    operator_pod = deployment["spec"]["template"]["spec"]
+    assert all(v["name"] != "samples" for v in operator_pod["volumes"])
+    assert operator_pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "kpcap-storage"}}]
     ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert {"name": "api", "containerPort": 18000} in ports
     (api_service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "kpcap-every-api"]
@@ -616,12 +676,31 @@ OPERATOR_CALLS: list[Call] = [
     ("create", "apps", "daemonsets", NAMESPACE, "", "a full capture's DaemonSet is created"),
     ("list", "apps", "daemonsets", NAMESPACE, "", "a capture's DaemonSets are found by label"),
     ("delete", "apps", "daemonsets", NAMESPACE, "x", "the DaemonSet is deleted when the capture ends"),
+    ("list", "", "pods", NAMESPACE, "", "simple captures find the sampler pods (their nodes' addresses)"),
+    (
+        "create",
+        "",
+        "serviceaccounts/token",
+        NAMESPACE,
+        OPERATOR_SA,
+        "simple captures: the operator's token for the samplers",
+    ),
 ]
 AGENT_CALLS: list[Call] = [
     ("get", "kpcap.io", "packetcaptures", "users-ns", "c", "the agent reads its capture (stop, restarts)"),
     ("patch", "kpcap.io", "packetcaptures/status", "users-ns", "c", "the agent reports its node's result"),
 ]
+SAMPLER_CALLS: list[Call] = [
+    ("create", "authentication.k8s.io", "tokenreviews", "", "", "the sampler checks its callers' tokens"),
+]
 NOT_GRANTED: list[tuple[str, Call]] = [
+    (OPERATOR_SA, ("create", "", "serviceaccounts/token", NAMESPACE, AGENT_SA, "")),
+    (OPERATOR_SA, ("get", "", "pods", NAMESPACE, "x", "")),
+    (OPERATOR_SA, ("list", "", "pods", "users-ns", "", "")),
+    (SAMPLER_SA, ("get", "", "secrets", NAMESPACE, "", "")),
+    (SAMPLER_SA, ("list", "", "pods", NAMESPACE, "", "")),
+    (SAMPLER_SA, ("create", "", "serviceaccounts/token", NAMESPACE, OPERATOR_SA, "")),
+    (SAMPLER_SA, ("get", "kpcap.io", "packetcaptures", "users-ns", "c", "")),
     (OPERATOR_SA, ("get", "", "secrets", NAMESPACE, "", "")),
     (OPERATOR_SA, ("create", "", "pods", NAMESPACE, "", "")),
     (OPERATOR_SA, ("create", "apps", "daemonsets", "default", "", "")),
@@ -686,6 +765,7 @@ def _roles(cluster: LocalCluster) -> list[tuple[str, str, list[Call]]]:
         (f"clusterrole/{RELEASE}-operator", "", OPERATOR_CALLS),
         (f"role/{RELEASE}-operator", NAMESPACE, OPERATOR_CALLS),
         (f"clusterrole/{RELEASE}-agent", "", AGENT_CALLS),
+        (f"clusterrole/{RELEASE}-sampler", "", SAMPLER_CALLS),
     ]
 
 
@@ -697,12 +777,14 @@ def test_rbac_each_verb_of_each_rule_is_needed(installation: Installation) -> No
         assert _allowed(authz, OPERATOR_SA, call), f"operator cannot {call}"
     for call in AGENT_CALLS:
         assert _allowed(authz, AGENT_SA, call), f"agent cannot {call}"
+    for call in SAMPLER_CALLS:
+        assert _allowed(authz, SAMPLER_SA, call), f"sampler cannot {call}"
     for sa, call in NOT_GRANTED:
         assert not _allowed(authz, sa, call), f"{sa} may {call} but should not"
 
     table: list[str] = []
     for ref, namespace, calls in _roles(cluster):
-        sa = AGENT_SA if "agent" in ref else OPERATOR_SA
+        sa = AGENT_SA if "agent" in ref else SAMPLER_SA if "sampler" in ref else OPERATOR_SA
         ns_args = ["-n", namespace] if namespace else []
         original = json.loads(cluster.kubectl("get", ref, *ns_args, "-o", "json").stdout)
         for index, rule in enumerate(original["rules"]):

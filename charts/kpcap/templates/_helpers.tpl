@@ -44,6 +44,10 @@ app.kubernetes.io/component: sampler
 {{- default (printf "%s-agent" (include "kpcap.fullname" .)) .Values.agent.serviceAccount.name -}}
 {{- end -}}
 
+{{- define "kpcap.samplerServiceAccount" -}}
+{{- printf "%s-sampler" (include "kpcap.fullname" .) -}}
+{{- end -}}
+
 {{- define "kpcap.webhookService" -}}
 {{- printf "%s-webhook" (include "kpcap.fullname" .) -}}
 {{- end -}}

@@ -26,11 +26,12 @@ from kpcap.destinations import Destination
 from kpcap.errors import SpecInvalid
 from kpcap.model import CaptureSpec, CaptureType
 from kpcap.names import is_capture_id
+from kpcap.pcap import PCAP_MEDIA_TYPE, PcapFormatError
 from kpcap.storage import StorageError, open_store
 from kpcap_operator import decisions
 from kpcap_operator.api import ownership as own
 from kpcap_operator.api.auth import Authorizer, Caller, bearer_token
-from kpcap_operator.api.download import PCAP_MEDIA_TYPE, MergedDownload, PcapFormatError, file_keys
+from kpcap_operator.api.download import MergedDownload, open_capture_download
 from kpcap_operator.api.mapping import (
     ApiError,
     ErrorCode,
@@ -44,6 +45,7 @@ from kpcap_operator.api.mapping import (
     success,
 )
 from kpcap_operator.api.openapi import ACCOUNT, PREFIX, openapi_document
+from kpcap_operator.samples import SampleStore
 
 GROUP, VERSION, PLURAL = "kpcap.io", "v1alpha1", "packetcaptures"
 CREATED_BY_ANNOTATION: Final = "kpcap.io/created-by"
@@ -104,7 +106,8 @@ class Services:
     captures: CaptureObjects
     ownerships: own.OwnershipStore
     now: Callable[[], datetime] = _now
-    open_download: Callable[[Destination, Sequence[str]], MergedDownload] = field(default=MergedDownload)
+    open_download: Callable[[Mapping[str, Any]], MergedDownload]
+    """A finished capture's PCAP (download.open_capture_download with the operator's sample store)."""
     write_challenge: Callable[[own.Challenge], None] = field(default=_write_challenge)
 
 
@@ -326,8 +329,7 @@ async def download_capture(request: web.Request) -> web.StreamResponse:
             f"pcap_id: capture {wanted} ended {state} without a file to download{why}",
         )
     try:
-        destination, keys = file_keys(found)
-        download = await _blocking(services.open_download, destination, keys)
+        download = await _blocking(services.open_download, found)
     except PcapFormatError as err:
         raise ApiError.one(409, ErrorCode.STORAGE, f"pcap_id: capture {wanted}: {err}") from None
     except StorageError as err:
@@ -509,7 +511,11 @@ async def envelope_middleware(
 
 
 def create_app(
-    *, api: client.ApiClient, settings: ApiSettings, services: Services | None = None
+    *,
+    api: client.ApiClient,
+    settings: ApiSettings,
+    sample_store: SampleStore | None,
+    services: Services | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[envelope_middleware])
     app[SERVICES] = services or Services(
@@ -517,6 +523,7 @@ def create_app(
         authorizer=Authorizer(api),
         captures=CaptureObjects(api),
         ownerships=own.OwnershipStore(api, namespace=settings.operator_namespace),
+        open_download=partial(open_capture_download, sample_store=sample_store),
     )
     base = PREFIX + ACCOUNT
     app.router.add_get(f"{PREFIX}/openapi.json", openapi)
@@ -532,9 +539,11 @@ def create_app(
     return app
 
 
-async def start_api(*, api: client.ApiClient, settings: ApiSettings, host: str, port: int) -> web.AppRunner:
+async def start_api(
+    *, api: client.ApiClient, settings: ApiSettings, sample_store: SampleStore | None, host: str, port: int
+) -> web.AppRunner:
     """Serve the API on ``host:port`` in the running event loop; ``await runner.cleanup()`` to stop."""
-    runner = web.AppRunner(create_app(api=api, settings=settings), access_log=None)
+    runner = web.AppRunner(create_app(api=api, settings=settings, sample_store=sample_store), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host=host or None, port=port).start()
     log.info("PCAPs API listening on %s:%s%s", host or "*", port, PREFIX)

@@ -1,0 +1,306 @@
+"""Simple captures: ask the target nodes' samplers for a past window, merge, keep the PCAP.
+
+Each node runs a sampler (``python -m kpcap_agent sample``, the chart's sampler DaemonSet) holding 1 in
+N recent packets. For a simple capture the operator POSTs ``{"spec", "sinceNs", "untilNs"}`` to
+``https://<node address>:<port>/v1/samples`` on every target node at once, with a bearer token of its
+own ServiceAccount bound to the samplers' audience (TokenRequest API): the sampler checks it by
+TokenReview, and the token is useless against the apiserver itself. Each answer is a PCAP of at most
+``packetLimit`` packets (the newest in the window, matching the filter); the answers are merged by
+timestamp and the newest ``packetLimit`` of them kept, so the file never holds more.
+
+The samplers' serving certificates are self-signed and generated at start: the connection is
+encrypted but the sampler is not authenticated (what it could learn is the audience-bound token,
+valid for minutes and only towards other samplers).
+
+A sampler that does not answer within ``timeout`` (or answers an error) is named; the capture
+succeeds with the others' packets if any answered.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+from kpcap.destinations import parse_destination
+from kpcap.errors import SpecInvalid
+from kpcap.model import CaptureSpec, spec_to_dict
+from kpcap.pcap import PcapFormatError, PcapRecords, merged_header, merged_records, record_bytes
+from kpcap.storage import ObjectStore, open_store
+from kpcap.storage.directory import DirectoryStore
+from kpcap_operator.kube import Kube
+from kpcap_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PATH: Final = "/v1/samples"
+MAX_ANSWER_BYTES: Final = 10000 * (65535 + 16) + 24  # packetLimit records of the largest snap length
+TOKEN_SECONDS: Final = 600
+_NS: Final = 1_000_000_000
+
+
+# --- where the PCAPs are kept ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SampleStore:
+    """The operator's own store of simple captures' PCAPs: a directory, or a bucket with a prefix."""
+
+    store: ObjectStore
+    prefix: str
+
+    def key(self, *, namespace: str, capture_id: str) -> str:
+        """Derived from the capture's namespace and id only, never from user-written fields."""
+        return (
+            f"{self.prefix}/{namespace}/pcap_{capture_id}.pcap"
+            if self.prefix
+            else (f"{namespace}/pcap_{capture_id}.pcap")
+        )
+
+
+def open_sample_store(location: str) -> SampleStore:
+    """``location``: an absolute directory path, or ``s3://bucket/prefix?region=...`` / ``gs://bucket/prefix``.
+
+    Raises ValueError naming KPCAP_SAMPLE_STORE and what is allowed.
+    """
+    if "://" in location:
+        try:
+            destination = parse_destination(location, field="KPCAP_SAMPLE_STORE")
+        except SpecInvalid as invalid:
+            raise ValueError(str(invalid)) from None
+        return SampleStore(store=open_store(destination), prefix=destination.prefix)
+    path = Path(location)
+    if not path.is_absolute():
+        raise ValueError(
+            f"KPCAP_SAMPLE_STORE: must be an absolute directory path or an s3:// or gs:// bucket URI, "
+            f"got {location!r}"
+        )
+    return SampleStore(store=DirectoryStore(path), prefix="")
+
+
+# --- finding and asking the samplers -----------------------------------------------------------
+
+
+def sampler_addresses(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Node name -> the address its sampler listens on, for Running pods (hostNetwork: the node's IP).
+
+    When a node has several (a rolling update), a Ready one wins, then the newest.
+    """
+    best: dict[str, tuple[bool, str, str]] = {}
+    for pod in pods:
+        status = pod.get("status") or {}
+        node = (pod.get("spec") or {}).get("nodeName")
+        address = status.get("podIP") or status.get("hostIP")
+        if not node or not address or status.get("phase") != "Running":
+            continue
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        )
+        created = str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+        candidate = (ready, created, str(address))
+        if node not in best or candidate > best[node]:
+            best[node] = candidate
+    return {node: address for node, (_, _, address) in best.items()}
+
+
+def sample_window(*, spec: CaptureSpec, now: datetime) -> tuple[int, int]:
+    """[offsetTime - timeLimit, offsetTime] in ns since the epoch; offsetTime defaults to ``now``."""
+    until = spec.offset_time or now
+    since = until - timedelta(seconds=spec.time_limit)
+    return round(since.timestamp() * _NS), round(until.timestamp() * _NS)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerAnswer:
+    node: str
+    pcap: bytes | None
+    error: str | None
+    seconds: float
+
+
+def _unverified_tls() -> ssl.SSLContext:
+    # Self-signed per-pod certificates (module docstring): encrypted, not authenticated.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _ask(*, node: str, address: str, port: int, body: bytes, token: str, timeout: float) -> SamplerAnswer:
+    started = time.monotonic()
+    host = f"[{address}]" if ":" in address else address
+    connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=_unverified_tls())
+    try:
+        connection.request(
+            "POST",
+            SAMPLES_PATH,
+            body=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        data = response.read(MAX_ANSWER_BYTES + 1)
+    except (OSError, http.client.HTTPException) as err:
+        return SamplerAnswer(node, None, f"sampler at {address}:{port}: {err or type(err).__name__}", 0.0)
+    finally:
+        connection.close()
+    elapsed = time.monotonic() - started
+    if response.status != 200:
+        try:
+            reason = str(json.loads(data)["error"])
+        except (ValueError, KeyError, TypeError):
+            reason = data[:200].decode("utf-8", "replace")
+        return SamplerAnswer(node, None, f"sampler answered {response.status}: {reason}", elapsed)
+    if len(data) > MAX_ANSWER_BYTES:
+        return SamplerAnswer(node, None, f"sampler answered more than {MAX_ANSWER_BYTES} bytes", elapsed)
+    return SamplerAnswer(node, data, None, elapsed)
+
+
+class Samplers:
+    """Asks samplers for samples with a cached, audience-bound token of the operator's ServiceAccount."""
+
+    def __init__(
+        self,
+        *,
+        request_token: Callable[..., tuple[str, float]],
+        list_sampler_pods: Callable[[], list[dict[str, Any]]],
+        port: int,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._request_token = request_token
+        self._list_pods = list_sampler_pods
+        self._port = port
+        self._timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: tuple[str, float] | None = None  # (token, expiry on clock)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="sampler-query")
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def token(self) -> str:
+        """A token valid for at least a few more minutes (renewed at 80 % of its life)."""
+        with self._lock:
+            now = self._clock()
+            if self._token is None or now >= self._token[1]:
+                token, lifetime = self._request_token(seconds=TOKEN_SECONDS)
+                self._token = (token, now + 0.8 * lifetime)
+            return self._token[0]
+
+    def ask(
+        self, *, targets: Sequence[str], spec: CaptureSpec, since_ns: int, until_ns: int
+    ) -> list[SamplerAnswer]:
+        """One answer per target node, in the order given, within ``timeout`` seconds overall."""
+        addresses = sampler_addresses(self._list_pods())
+        body = json.dumps({"spec": spec_to_dict(spec), "sinceNs": since_ns, "untilNs": until_ns}).encode()
+        token = self.token()
+        futures: dict[str, concurrent.futures.Future[SamplerAnswer]] = {}
+        answers: dict[str, SamplerAnswer] = {}
+        for node in targets:
+            address = addresses.get(node)
+            if address is None:
+                answers[node] = SamplerAnswer(node, None, "no running sampler pod on this node", 0.0)
+                continue
+            futures[node] = self._pool.submit(
+                _ask,
+                node=node,
+                address=address,
+                port=self._port,
+                body=body,
+                token=token,
+                timeout=self._timeout,
+            )
+        done, _ = concurrent.futures.wait(futures.values(), timeout=self._timeout)
+        for node, future in futures.items():
+            if future in done:
+                answers[node] = future.result()
+            else:
+                future.cancel()
+                answers[node] = SamplerAnswer(
+                    node, None, f"sampler did not answer within {self._timeout:g} s", self._timeout
+                )
+        return [answers[node] for node in targets]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """What simple captures need: the samplers to ask and the store to keep the result in."""
+
+    samplers: Samplers
+    store: SampleStore
+
+
+def open_sampling(*, settings: OperatorSettings, kube: Kube) -> Sampling:
+    """The operator's samplers and sample store, from its settings (ValueError names a bad setting)."""
+    samplers = Samplers(
+        request_token=partial(
+            kube.request_token, service_account=settings.service_account, audience=settings.sampler_audience
+        ),
+        list_sampler_pods=partial(kube.list_pods, settings.sampler_selector),
+        port=settings.sampler_port,
+        timeout=settings.sampler_timeout_seconds,
+    )
+    return Sampling(samplers=samplers, store=open_sample_store(settings.sample_store))
+
+
+# --- merging -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MergedSample:
+    pcap: bytes
+    packets: int
+    packet_bytes: int  # captured packet data (sum of incl_len)
+    per_node: dict[str, int]  # packets each node contributed to the file
+
+
+def merge_newest(answers: Sequence[SamplerAnswer], *, limit: int) -> MergedSample:
+    """The answers' records merged by timestamp; only the newest ``limit`` are kept.
+
+    Raises PcapFormatError if an answer is not a classic PCAP (that node is then treated as failed by
+    the caller, see ``usable_answers``).
+    """
+    given = [a for a in answers if a.pcap is not None]
+    inputs = [PcapRecords([a.pcap]) for a in given if a.pcap is not None]
+    header = merged_header([i.header for i in inputs])
+    nanosecond = any(i.header.nanosecond for i in inputs)
+    newest = deque(merged_records(inputs), maxlen=limit)
+    per_node = dict.fromkeys((a.node for a in given), 0)
+    chunks = [header]
+    packet_bytes = 0
+    for index, record in newest:
+        per_node[given[index].node] += 1
+        packet_bytes += record.captured_length
+        chunks.append(record_bytes(record, nanosecond=nanosecond))
+    return MergedSample(b"".join(chunks), len(newest), packet_bytes, per_node)
+
+
+def usable_answers(answers: Sequence[SamplerAnswer]) -> list[SamplerAnswer]:
+    """Answers whose body is a readable PCAP; a garbled one becomes that node's error."""
+    return [_checked(answer) for answer in answers]
+
+
+def _checked(answer: SamplerAnswer) -> SamplerAnswer:
+    if answer.pcap is None:
+        return answer
+    try:
+        PcapRecords([answer.pcap])
+    except PcapFormatError as err:
+        return SamplerAnswer(answer.node, None, f"sampler answered an unreadable PCAP: {err}", answer.seconds)
+    return answer
