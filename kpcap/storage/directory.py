@@ -75,17 +75,18 @@ class DirectoryStore:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            temporary = Path(name)
             try:
-                fill(descriptor)
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            try:
-                Path(temporary).replace(path)
+                try:
+                    fill(descriptor)
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+                temporary.replace(path)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    Path(temporary).unlink()
+                    temporary.unlink()
                 raise
             size = path.stat().st_size
         except OSError as err:

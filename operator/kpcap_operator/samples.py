@@ -206,23 +206,32 @@ class Samplers:
         """One answer per target node, in the order given, within ``timeout`` seconds overall."""
         addresses = sampler_addresses(self._list_pods())
         body = json.dumps({"spec": spec_to_dict(spec), "sinceNs": since_ns, "untilNs": until_ns}).encode()
-        token = self.token()
         futures: dict[str, concurrent.futures.Future[SamplerAnswer]] = {}
-        answers: dict[str, SamplerAnswer] = {}
-        for node in targets:
-            address = addresses.get(node)
-            if address is None:
-                answers[node] = SamplerAnswer(node, None, "no running sampler pod on this node", 0.0)
-                continue
-            futures[node] = self._pool.submit(
-                _ask,
-                node=node,
-                address=address,
-                port=self._port,
-                body=body,
-                token=token,
-                timeout=self._timeout,
-            )
+        answers = {
+            node: SamplerAnswer(node, None, "no running sampler pod on this node", 0.0)
+            for node in targets
+            if node not in addresses
+        }
+        asked = [node for node in targets if node in addresses]
+        token = None
+        if asked:
+            try:
+                token = self.token()
+            except Exception as err:  # the apiserver's refusal or absence: every sampler is then out of reach
+                log.warning("no token for the samplers", exc_info=True)
+                reason = f"the operator could not get its token for the samplers: {err}".splitlines()[0]
+                answers.update({node: SamplerAnswer(node, None, reason, 0.0) for node in asked})
+        if token is not None:
+            for node in asked:
+                futures[node] = self._pool.submit(
+                    _ask,
+                    node=node,
+                    address=addresses[node],
+                    port=self._port,
+                    body=body,
+                    token=token,
+                    timeout=self._timeout,
+                )
         done, _ = concurrent.futures.wait(futures.values(), timeout=self._timeout)
         for node, future in futures.items():
             if future in done:

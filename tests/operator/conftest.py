@@ -28,6 +28,7 @@ from tests.conftest import wait_for
 GROUP, VERSION, PLURAL = "kpcap.io", "v1alpha1", "packetcaptures"
 OPERATOR_NAMESPACE = "kpcap-system"
 AGENT_SA = "kpcap-agent"
+OPERATOR_SA = "kpcap-operator"
 STAND_IN_AGENT_IMAGE = "registry.example/kpcap/kpcap-testbox:test"
 
 AGENT_RULES = [
@@ -47,6 +48,13 @@ def kpcap_installed(local_cluster: LocalCluster) -> LocalCluster:
             "apiVersion": "v1",
             "kind": "ServiceAccount",
             "metadata": {"name": AGENT_SA, "namespace": OPERATOR_NAMESPACE},
+        },
+        # The operator process (admin kubeconfig) asks the TokenRequest API for this account's
+        # tokens to prove itself to samplers, as it does in a pod with the chart's RBAC.
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NAMESPACE},
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -145,6 +153,7 @@ def operator_fixture(
             "KPCAP_WEBHOOK_HOST": cluster.net.gateway,
             "KPCAP_WEBHOOK_PORT": "9443",
             "KPCAP_METRICS_PORT": str(free_port()),
+            "KPCAP_SAMPLE_STORE": str(tmp_path_factory.mktemp("samples")),
             **(extra_env or {}),
         }
         log_path = tmp_path_factory.mktemp("operator") / "operator.log"

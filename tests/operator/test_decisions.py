@@ -94,7 +94,7 @@ def test_capture_ref_marks_invalid_and_refused_by_rule() -> None:
         capture_object(
             "c",
             SIMPLE_SPEC,
-            status={"status": "failed", "conditions": [{"type": "Admitted", "reason": "SamplerUnavailable"}]},
+            status={"status": "failed", "conditions": [{"type": "Admitted", "reason": "SamplersSilent"}]},
         )
     )
     assert not other_failure.refused_by_rule

@@ -95,7 +95,7 @@ def test_unknown_fields_are_pruned_before_the_operator_sees_them(captures: Captu
     assert "timelimit" not in created["spec"]
     assert created["spec"]["filter"] == {"protocol": 6}
     status = captures.wait_status("pruned", {"failed", "pending", "running", "success"}, timeout=20)
-    # A valid simple capture: refused for want of a sampler, not for its (dropped) fields.
+    # A valid simple capture: it fails for want of samplers in this suite, not for its (dropped) fields.
     assert "unknown field" not in status.get("errorMessage", "")
 
 

@@ -104,9 +104,10 @@ def test_a_running_full_capture_does_not_block_other_namespaces(
 
 def test_a_second_simple_capture_within_the_window_is_refused(captures: Captures) -> None:
     captures.create(capture_body("sample-1", **SIMPLE))
-    # No sampler is deployed yet: the operator fails it, but it was a submission and still counts.
+    # No sampler runs in this suite: the operator fails it, but it was a submission and still counts.
     status = captures.wait_status("sample-1", {"failed", "success"})
-    assert {c["reason"] for c in status["conditions"]} == {"SamplerUnavailable"}
+    assert {c["reason"] for c in status["conditions"]} == {"Admitted", "SamplersSilent"}
+    assert "no sampler answered" in status["errorMessage"]
     error = refused(captures, capture_body("sample-2", **SIMPLE))
     assert error.status == 429, (error.status, error.body)
     message = json.loads(error.body)["message"]

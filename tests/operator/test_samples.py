@@ -1,0 +1,274 @@
+"""Simple captures, the operator's side: finding samplers, asking them over HTTPS, merging, storing.
+
+The samplers here are small real HTTPS servers on 127.0.0.1 (answering, slow, refusing, garbled);
+the sampler itself is tested in tests/agent/test_sampler_service.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kpcap.model import parse_spec
+from kpcap.pcap import MAGIC_NANO, PcapRecords
+from kpcap.storage.directory import DirectoryStore
+from kpcap.tls import self_signed_certificate
+from kpcap_operator.samples import (
+    SamplerAnswer,
+    Samplers,
+    merge_newest,
+    open_sample_store,
+    sample_window,
+    sampler_addresses,
+    usable_answers,
+)
+
+SPEC = parse_spec({"type": "simple", "timeLimit": 60, "packetLimit": 3, "filter": {"protocol": 17}}, now=None)
+
+
+def pcap(packets: list[tuple[int, bytes]], *, snaplen: int = 128) -> bytes:
+    out = struct.pack("<IHHiIII", MAGIC_NANO, 2, 4, 0, 0, snaplen, 1)
+    for stamp, data in packets:
+        seconds, nanos = divmod(stamp, 1_000_000_000)
+        out += struct.pack("<IIII", seconds, nanos, len(data), len(data) + 100) + data
+    return out
+
+
+def pod(
+    node: str, ip: str, *, phase: str = "Running", ready: bool = True, created: str = "2026-01-01T00:00:00Z"
+) -> dict[str, Any]:
+    return {
+        "metadata": {"creationTimestamp": created},
+        "spec": {"nodeName": node},
+        "status": {
+            "phase": phase,
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_sampler_addresses_take_running_pods_and_prefer_ready_then_newest() -> None:
+    pods = [
+        pod("n1", "10.0.0.1"),
+        pod("n2", "10.0.0.2", phase="Pending"),
+        pod("n3", "10.0.0.3", ready=False, created="2026-01-02T00:00:00Z"),
+        pod("n3", "10.0.0.33", ready=True, created="2026-01-01T00:00:00Z"),
+        pod("n4", "10.0.0.4", created="2026-01-01T00:00:00Z"),
+        pod("n4", "10.0.0.44", created="2026-01-03T00:00:00Z"),
+        {"metadata": {}, "spec": {}, "status": {"phase": "Running", "podIP": "10.0.0.9"}},
+    ]
+    assert sampler_addresses(pods) == {"n1": "10.0.0.1", "n3": "10.0.0.33", "n4": "10.0.0.44"}
+
+
+def test_window_ends_at_offset_time_or_now() -> None:
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    assert sample_window(spec=SPEC, now=now) == (
+        int((now - timedelta(seconds=60)).timestamp()) * 10**9,
+        int(now.timestamp()) * 10**9,
+    )
+    offset = now - timedelta(hours=3)
+    spec = parse_spec(
+        {"type": "simple", "timeLimit": 5, "packetLimit": 1, "offsetTime": "2026-11-27T09:00:00Z"}, now=now
+    )
+    assert sample_window(spec=spec, now=now) == (
+        int(offset.timestamp() - 5) * 10**9,
+        int(offset.timestamp()) * 10**9,
+    )
+
+
+def test_merge_keeps_the_newest_packet_limit_in_timestamp_order() -> None:
+    answers = [
+        SamplerAnswer("n1", pcap([(10, b"a1"), (30, b"a3"), (50, b"a5")]), None, 0.01),
+        SamplerAnswer("n2", pcap([(20, b"b2"), (40, b"b4")]), None, 0.01),
+        SamplerAnswer("n3", None, "sampler did not answer within 1 s", 1.0),
+    ]
+    merged = merge_newest(answers, limit=3)
+    records = list(PcapRecords([merged.pcap]))
+    assert [(r.timestamp_ns, r.data) for r in records] == [(30, b"a3"), (40, b"b4"), (50, b"a5")]
+    assert [r.original_length for r in records] == [102, 102, 102]
+    assert merged.packets == 3
+    assert merged.packet_bytes == 6
+    assert merged.per_node == {"n1": 2, "n2": 1}
+    assert PcapRecords([merged.pcap]).header.nanosecond
+
+
+def test_merge_of_empty_answers_is_a_valid_empty_pcap() -> None:
+    merged = merge_newest([SamplerAnswer("n1", pcap([]), None, 0.0)], limit=10)
+    assert merged.packets == 0
+    assert list(PcapRecords([merged.pcap])) == []
+
+
+def test_a_garbled_answer_becomes_that_nodes_error() -> None:
+    good = SamplerAnswer("n1", pcap([(1, b"x")]), None, 0.0)
+    bad = SamplerAnswer("n2", b"<html>proxy error</html>" + bytes(10), None, 0.0)
+    checked = usable_answers([good, bad])
+    assert checked[0] is good
+    assert checked[1].pcap is None
+    assert "unreadable PCAP" in (checked[1].error or "")
+
+
+def test_sample_store_is_a_directory_or_a_bucket(tmp_path: Path) -> None:
+    store = open_sample_store(str(tmp_path))
+    assert isinstance(store.store, DirectoryStore)
+    key = store.key(namespace="team-a", capture_id="ab" * 16)
+    assert key == f"team-a/pcap_{'ab' * 16}.pcap"
+    uri = store.store.put_bytes(key=key, data=b"pcap").uri
+    assert uri == f"file://{tmp_path}/{key}"
+    bucket = open_sample_store("s3://kpcap-samples/simple/v1?region=us-east-1")
+    assert bucket.store.scheme == "s3"
+    assert bucket.key(namespace="n", capture_id="c") == "simple/v1/n/pcap_c.pcap"
+    with pytest.raises(ValueError, match="KPCAP_SAMPLE_STORE: must be an absolute directory path"):
+        open_sample_store("relative/dir")
+    with pytest.raises(ValueError, match="KPCAP_SAMPLE_STORE"):
+        open_sample_store("ftp://x/y")
+
+
+# --- asking real HTTPS servers -------------------------------------------------------------------
+
+
+Behaviour = Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    behaviour: Behaviour
+    seen: list[tuple[str, dict[str, Any]]]
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.headers["Authorization"], body))
+        self.behaviour(self, body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def _reply(status: int, data: bytes, content_type: str) -> Behaviour:
+    def behave(handler: BaseHTTPRequestHandler, _body: dict[str, Any]) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return behave
+
+
+def _slow(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    time.sleep(3)
+    with contextlib.suppress(OSError):  # the client has given up by now
+        _reply(200, pcap([]), "application/vnd.tcpdump.pcap")(handler, body)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[[Behaviour], tuple[int, list[Any]]]]:
+    cert, key = self_signed_certificate(common_name="sampler", dns_names=[], ip_addresses=["127.0.0.1"])
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    started: list[ThreadingHTTPServer] = []
+
+    def start(behaviour: Behaviour) -> tuple[int, list[Any]]:
+        seen: list[Any] = []
+        handler = type("Handler", (_Handler,), {"behaviour": staticmethod(behaviour), "seen": seen})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return server.server_address[1], seen
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ask_names_every_node_that_did_not_answer_within_the_timeout(
+    servers: Callable[[Behaviour], tuple[int, list[Any]]],
+) -> None:
+    # One port for every node (as in a cluster), so each node gets its own loopback address.
+    answer = pcap([(5, b"hello")])
+    good_port, seen = servers(_reply(200, answer, "application/vnd.tcpdump.pcap"))
+    tokens: list[int] = []
+
+    def request_token(*, seconds: int) -> tuple[str, float]:
+        tokens.append(seconds)
+        return "operator-token", 600.0
+
+    def samplers_at(port: int, pods: list[dict[str, Any]]) -> Samplers:
+        return Samplers(request_token=request_token, list_sampler_pods=lambda: pods, port=port, timeout=1.0)
+
+    ok = samplers_at(good_port, [pod("n1", "127.0.0.1")])
+    (got,) = ok.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
+    assert got.pcap == answer
+    assert got.error is None
+    (authorization, body) = seen[0]
+    assert authorization == "Bearer operator-token"
+    assert body == {"spec": json.loads(json.dumps(body["spec"])), "sinceNs": 1, "untilNs": 2}
+    assert parse_spec(body["spec"], now=None) == SPEC
+
+    slow_port, _ = servers(_slow)
+    slow = samplers_at(slow_port, [pod("n2", "127.0.0.1")])
+    started = time.monotonic()
+    (late,) = slow.ask(targets=["n2"], spec=SPEC, since_ns=1, until_ns=2)
+    assert time.monotonic() - started < 1.5
+    assert late.error == "sampler did not answer within 1 s"
+
+    refusing_port, _ = servers(_reply(403, b'{"error": "caller is not the operator"}', "application/json"))
+    refusing = samplers_at(refusing_port, [pod("n3", "127.0.0.1")])
+    (refused,) = refusing.ask(targets=["n3"], spec=SPEC, since_ns=1, until_ns=2)
+    assert refused.error == "sampler answered 403: caller is not the operator"
+
+    (absent, closed) = samplers_at(1, [pod("n6", "127.0.0.1")]).ask(
+        targets=["n5", "n6"], spec=SPEC, since_ns=1, until_ns=2
+    )
+    assert absent.error == "no running sampler pod on this node"
+    assert closed.error is not None
+    assert "Connection refused" in closed.error
+    assert tokens == [600, 600, 600, 600], "one token request per Samplers, reused while valid"
+    for samplers in (ok, slow, refusing):
+        samplers.close()
+
+
+def test_token_is_renewed_before_it_expires() -> None:
+    now = [1000.0]
+    issued: list[str] = []
+
+    def request_token(*, seconds: int) -> tuple[str, float]:
+        issued.append(f"t{len(issued)}")
+        return issued[-1], float(seconds)
+
+    samplers = Samplers(
+        request_token=request_token, list_sampler_pods=list, port=1, timeout=1.0, clock=lambda: now[0]
+    )
+    assert samplers.token() == "t0"
+    now[0] += 0.79 * 600
+    assert samplers.token() == "t0"
+    now[0] += 0.02 * 600
+    assert samplers.token() == "t1"
+
+
+def test_no_token_means_every_asked_node_says_why() -> None:
+    def refuse(*, seconds: int) -> tuple[str, float]:
+        raise RuntimeError(f"serviceaccounts/token forbidden ({seconds})")
+
+    samplers = Samplers(
+        request_token=refuse, list_sampler_pods=lambda: [pod("n1", "127.0.0.1")], port=1, timeout=1.0
+    )
+    (answer,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
+    assert answer.error == (
+        "the operator could not get its token for the samplers: serviceaccounts/token forbidden (600)"
+    )
