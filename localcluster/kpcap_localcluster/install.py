@@ -8,9 +8,11 @@ RBAC. Used by the chart's end-to-end tests and by the demo (the README's main jo
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +191,98 @@ def install(
         f"kpcap did not come up within {timeout:.0f}s (operator running and webhook registered):\n{pods}\n"
         f"{events[-3000:]}\noperator logs:\n{installation.operator_logs()[-4000:]}"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Samplers:
+    """The chart's sampler objects applied on their own (for an operator that runs outside a pod)."""
+
+    cluster: LocalCluster
+    namespace: str
+    manifests: str
+
+    def pods(self) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl(
+            "get", "pods", "-n", self.namespace, "-o", "json", "-l", "app.kubernetes.io/component=sampler"
+        ).stdout
+        return list(json.loads(out)["items"])
+
+    def answering(self, *, port: int) -> set[str]:
+        """Nodes whose sampler answers its health check (HTTPS, self-signed) on the node's address."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        healthy = set()
+        for pod in self.pods():
+            address = pod["status"].get("podIP")
+            if pod["status"].get("phase") != "Running" or not address:
+                continue
+            url = f"https://{address}:{port}/healthz"
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=context) as answer:
+                    if answer.status == 200:
+                        healthy.add(pod["spec"]["nodeName"])
+            except OSError:
+                continue
+        return healthy
+
+    def remove(self, *, timeout: float = 60.0) -> None:
+        """Delete them and wait until no sampler pod is left (so the port is free for the next)."""
+        self.cluster.kubectl(
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+            "-f",
+            "-",
+            stdin=self.manifests,
+            check=False,
+        )
+        deadline = time.monotonic() + timeout
+        while self.pods() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def deploy_samplers(
+    cluster: LocalCluster,
+    *,
+    release: str = "kpcap",
+    namespace: str = "kpcap-system",
+    sampler_values: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> Samplers:
+    """Render the chart and apply only its sampler objects (ServiceAccount, RBAC, DaemonSet); wait
+    until a sampler runs on every node."""
+    values = {
+        "agent": {"image": TEST_IMAGES["agent"]},
+        "sampler": {"enabled": True, **(sampler_values or {})},
+    }
+    rendered = render_chart(release=release, namespace=namespace, values=values)
+    docs = [
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc and (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "sampler"
+    ]
+    manifests = yaml.safe_dump_all(docs)
+    cluster.kubectl("apply", "-f", "-", stdin=manifests)
+    samplers = Samplers(cluster=cluster, namespace=namespace, manifests=manifests)
+    nodes = {
+        n["metadata"]["name"]
+        for n in json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    }
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = {
+            p["spec"].get("nodeName") for p in samplers.pods() if p["status"].get("phase") == "Running"
+        }
+        if running >= nodes:
+            return samplers
+        time.sleep(0.5)
+    pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+    logs = "\n".join(
+        cluster.pod_logs(namespace=namespace, pod=p["metadata"]["name"])[-2000:] for p in samplers.pods()
+    )
+    raise TimeoutError(f"samplers did not answer on every node within {timeout:.0f}s:\n{pods}\n{logs}")
 
 
 def write_manifest(directory: Path, body: Mapping[str, Any]) -> Path:
