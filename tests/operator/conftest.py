@@ -21,6 +21,7 @@ from kubernetes import client
 from kpcap.crd import load_crd
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.controlplane import free_port
+from kpcap_localcluster.install import Samplers, deploy_samplers
 from kpcap_localcluster.install import storage_credentials as local_storage_credentials
 from kpcap_localcluster.processes import ManagedProcess, spawn
 from tests.conftest import wait_for
@@ -81,6 +82,20 @@ def kpcap_installed(local_cluster: LocalCluster) -> LocalCluster:
 
 
 CREDENTIALS_SECRET = "kpcap-storage-credentials"
+
+# Every sampled packet kept (rate 1) so tests can count exactly; the operator's ServiceAccount
+# (OPERATOR_SA, the chart's name for release "kpcap") is the one client the samplers answer.
+SAMPLER_VALUES = {"samplingRate": 1, "snapLength": 256, "retention": "1h", "byteBudget": "16Mi"}
+
+
+@pytest.fixture(scope="module")
+def samplers(kpcap_installed: LocalCluster) -> Iterator[Samplers]:
+    """The chart's sampler DaemonSet (pods on every node), for one test module, then removed."""
+    deployed = deploy_samplers(kpcap_installed, namespace=OPERATOR_NAMESPACE, sampler_values=SAMPLER_VALUES)
+    try:
+        yield deployed
+    finally:
+        deployed.remove()
 
 
 @pytest.fixture(scope="session")

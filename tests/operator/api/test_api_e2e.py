@@ -28,6 +28,7 @@ from kubernetes import client
 from scapy.utils import PcapNgReader, PcapReader
 
 from kpcap_localcluster.cluster import LocalCluster
+from kpcap_localcluster.install import Samplers
 from tests.conftest import wait_for
 from tests.operator.conftest import (
     CREDENTIALS_SECRET,
@@ -36,6 +37,7 @@ from tests.operator.conftest import (
     RunningOperator,
     operator_fixture,
 )
+from tests.pcaps import udp_payloads
 
 pytestmark = pytest.mark.e2e
 
@@ -72,8 +74,9 @@ _api_operator = operator_fixture(
 
 @pytest.fixture(scope="module")
 def operator(
-    storage_credentials: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+    storage_credentials: LocalCluster, samplers: Samplers, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningOperator]:
+    del samplers  # running on every node: simple captures answer from past traffic
     for running in _api_operator(storage_credentials, tmp_path_factory):
         wait_for(lambda: _answers(f"{BASE_URL}/openapi.json"), timeout=30, what="the API to listen")
         yield running
@@ -216,32 +219,41 @@ def test_tokens_and_rbac_decide(account: Account, operator: RunningOperator, cor
 def test_sdk_simple_capture_flow(account: Account, operator: RunningOperator) -> None:
     cf = sdk(account.writer)
     ns = account.name
+    cluster = operator.cluster
+    target = cluster.node("kpcap-node-2").address
+    marker = f"sdk-simple-{ns}"
+    _send(cluster, src="kpcap-node-1", dst="kpcap-node-2", port=53, count=12, payload=marker)
+    _send(cluster, src="kpcap-node-1", dst="kpcap-node-2", port=54, count=12, payload=f"{marker}-other")
+    time.sleep(0.5)
+    started = time.monotonic()
     created = cf.magic_transit.pcaps.create(
         account_id=ns,
         type="simple",
         system="magic-transit",
-        time_limit=10,
+        time_limit=60,
         packet_limit=100,
-        filter_v1={"destination_address": "198.18.0.1", "protocol": 17, "destination_port": 53},
+        filter_v1={"destination_address": target, "protocol": 17, "destination_port": 53},
     )
     pcap_id = created.id  # type: ignore[union-attr]
     assert len(pcap_id) == 32
-    assert created.status in {"pending", "failed"}  # type: ignore[union-attr]
+    assert created.status in {"pending", "success"}  # type: ignore[union-attr]
 
     def finished() -> Any:
         got = cf.magic_transit.pcaps.get(pcap_id, account_id=ns)
         return got if got.status != "pending" else None  # type: ignore[union-attr]
 
-    got = wait_for(finished, timeout=30, what="the operator to decide the simple capture")
-    # No sampler in this session: the capture fails, and the API says so faithfully.
-    assert got.status == "failed"
-    assert "sampler" in (got.error_message or "")
+    got = wait_for(finished, timeout=10, interval=0.05, what="the simple capture to finish")
+    elapsed = time.monotonic() - started
+    assert got.status == "success", got
+    assert elapsed < 2.0, f"{elapsed:.2f} s from the create call to success"
     assert got.filter_v1.destination_port == 53
     listed = list(cf.magic_transit.pcaps.list(account_id=ns))
     assert [c.id for c in listed] == [pcap_id]
     cf.magic_transit.pcaps.stop(pcap_id, account_id=ns)  # 204 (already finished: nothing to do)
-    with pytest.raises(cloudflare.NotFoundError, match="without a file"):
-        cf.magic_transit.pcaps.download.get(pcap_id, account_id=ns)
+    downloaded = cf.magic_transit.pcaps.download.get(pcap_id, account_id=ns).read()
+    # Sent by node 1 (sampled leaving) and received by node 2 (sampled arriving); nothing else.
+    assert udp_payloads(downloaded) == [(53, marker.encode())] * 24
+    assert sdk(account.reader).magic_transit.pcaps.download.get(pcap_id, account_id=ns).read() == downloaded
     started = time.monotonic()
     with pytest.raises(cloudflare.RateLimitError, match="only one simple capture is allowed") as caught:
         cf.magic_transit.pcaps.create(
@@ -386,7 +398,7 @@ def curl(*argv: str) -> tuple[int, str]:
     return int(code), body
 
 
-def test_curl_as_in_the_upstream_docs(account: Account, operator: RunningOperator) -> None:
+def test_curl_as_in_the_upstream_docs(account: Account, operator: RunningOperator, tmp_path: Path) -> None:
     ns, token = account.name, account.writer
     auth = f"Authorization: Bearer {token}"
     code, body = curl(
@@ -425,6 +437,23 @@ def test_curl_as_in_the_upstream_docs(account: Account, operator: RunningOperato
         f"{BASE_URL}/accounts/{ns}/pcaps/{created['id']}/stop", "--request", "PUT", "--header", auth
     )
     assert code == 204
+    wait_for(
+        lambda: (
+            json.loads(curl(f"{BASE_URL}/accounts/{ns}/pcaps/{created['id']}", "--header", auth)[1])[
+                "result"
+            ]["status"]
+            == "success"
+        ),
+        timeout=10,
+        what="the simple capture to succeed",
+    )
+    # As upstream documents it: curl .../download --output download.pcap
+    output = tmp_path / "download.pcap"
+    code, _ = curl(
+        f"{BASE_URL}/accounts/{ns}/pcaps/{created['id']}/download", "--header", auth, "--output", str(output)
+    )
+    assert code == 200
+    assert list(PcapReader(str(output))) == [], "nothing matched that filter in this cluster"
 
 
 # --- bad requests ---------------------------------------------------------------------------------
