@@ -1,7 +1,13 @@
-"""``python -m kpcap_agent capture``: the capture agent of one node (run by the operator's DaemonSet).
+"""``python -m kpcap_agent [capture|sample]``: the agent of one node.
 
-Exit codes: 0 after SIGTERM (work done or cut short and uploaded), 2 for a configuration error.
-DaemonSet pods always restart, so after its work the agent idles until its DaemonSet is deleted.
+``capture`` (the default): one node's part of a full capture (run by the operator's per-capture
+DaemonSet). Exit codes: 0 after SIGTERM (work done or cut short and uploaded), non-zero for a
+configuration error. DaemonSet pods always restart, so after its work the agent idles until its
+DaemonSet is deleted.
+
+``sample``: the always-on sampler (the chart's sampler DaemonSet), see
+:mod:`kpcap_agent.sampler_service`. Exit codes: 0 after SIGTERM, 2 for a configuration error
+(the message names the variable), 1 when it cannot capture or serve.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ log = logging.getLogger("kpcap_agent")
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="kpcap-agent")
-    parser.add_argument("mode", choices=["capture"], nargs="?", default="capture")
-    parser.parse_args()
+    parser.add_argument("mode", choices=["capture", "sample"], nargs="?", default="capture")
+    mode = parser.parse_args().mode
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if mode == "sample":
+        from kpcap_agent import sampler_service
+
+        sys.exit(sampler_service.main())
     try:
         cfg = AgentConfig.from_env()
     except (AgentConfigError, SpecInvalid, ValueError) as err:

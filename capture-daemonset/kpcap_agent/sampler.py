@@ -6,7 +6,14 @@ with their original length and timestamp, and answers the operator's queries (ti
 packet limit). Networking, authentication and Kubernetes live elsewhere.
 
 Sampling is a deterministic counter: offered frames are numbered 0, 1, 2, ... and frame ``i`` is
-kept exactly when ``i % sample_rate == 0`` (the first offered frame is always kept).
+kept exactly when ``i % sample_rate == 0`` (the first offered frame is always kept). Frames are
+offered one at a time (:meth:`SampleRing.offer`) or a batch at a time (:meth:`SampleRing.offer_batch`,
+the live path: the frames to keep are picked by slicing, so an unsampled frame costs no Python work);
+both number frames the same way, and mixing them gives the same result as offering one by one.
+
+Original length: the kernel hands over frames already truncated to the snap length, so the wire
+length is passed alongside (``original_length``, the pcap ``orig_len``); it defaults to the length of
+the frame given.
 
 Byte accounting (what ``byte_budget`` bounds): every held record costs
 ``len(record.data) + RECORD_OVERHEAD_BYTES``, where ``len(record.data)`` is the kept (truncated)
@@ -38,9 +45,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from kpcap_agent.pcapfile import FrameRecord
 
 RECORD_OVERHEAD_BYTES: Final = 192
 MIN_SNAP_LENGTH: Final = 64
@@ -49,6 +58,7 @@ MAX_SAMPLE_RATE: Final = 2**31 - 1
 MAX_RETENTION_SECONDS: Final = 7 * 86400.0
 DEFAULT_RETENTION_SECONDS: Final = 86400.0
 MAX_BYTE_BUDGET: Final = 2**48
+MAX_ORIGINAL_LENGTH: Final = 2**32 - 1  # a pcap record's orig_len is 32 bits
 _NANOSECONDS_PER_SECOND: Final = 1_000_000_000
 
 
@@ -116,6 +126,16 @@ class SamplerStats:
     evicted_for_retention: int  # includes sampled frames already expired when offered
 
 
+def _check_frame(timestamp_ns: int, length: int, original_length: int | None) -> None:
+    if timestamp_ns < 0:
+        raise ValueError(f"timestamp_ns must be >= 0, got {timestamp_ns}")
+    if original_length is not None and not length <= original_length <= MAX_ORIGINAL_LENGTH:
+        raise ValueError(
+            f"original_length must be in {length}..{MAX_ORIGINAL_LENGTH} "
+            f"(at least the frame's {length} bytes), got {original_length}"
+        )
+
+
 class SampleRing:
     """A bounded store of sampled packet headers for one node (see the module docstring)."""
 
@@ -134,42 +154,90 @@ class SampleRing:
         self._ordered = True
         self._last_timestamp_ns = -1
 
-    def offer(self, frame: bytes | bytearray, *, timestamp_ns: int) -> bool:
+    def offer(
+        self, frame: bytes | bytearray, *, timestamp_ns: int, original_length: int | None = None
+    ) -> bool:
         """Offer one frame seen at ``timestamp_ns`` (ns since the epoch). Returns whether it is stored.
 
-        The kept bytes are always a ``bytes`` copy of at most ``snap_length`` bytes (a ``bytes``
-        frame no longer than that is held as is), so a record never pins the caller's buffer.
+        ``original_length`` is the frame's length on the wire (``len(frame)`` when not given; at
+        least ``len(frame)`` when given). The kept bytes are always a ``bytes`` copy of at most
+        ``snap_length`` bytes (a ``bytes`` frame no longer than that is held as is), so a record
+        never pins the caller's buffer.
         """
-        if timestamp_ns < 0:
-            raise ValueError(f"timestamp_ns must be >= 0, got {timestamp_ns}")
+        _check_frame(timestamp_ns, len(frame), original_length)
         with self._lock:
             index = self._offered
             self._offered = index + 1
             if index % self.config.sample_rate:
                 return False
-            self._sampled += 1
             cutoff = self._cutoff_ns()
             self._expire(cutoff)
-            if timestamp_ns < cutoff:
-                self._evicted_for_retention += 1
-                return False
-            record = SampledPacket(
-                timestamp_ns=timestamp_ns,
-                original_length=len(frame),
-                data=bytes(frame[: self.config.snap_length]),
+            return self._store(
+                timestamp_ns, frame, len(frame) if original_length is None else original_length, cutoff
             )
-            cost = record.cost
-            budget = self.config.byte_budget
-            records = self._records
-            while self._held_bytes + cost > budget:
-                self._held_bytes -= records.popleft().cost
-                self._evicted_for_budget += 1
-            records.append(record)
-            self._held_bytes += cost
-            if timestamp_ns < self._last_timestamp_ns:
-                self._ordered = False
-            self._last_timestamp_ns = max(self._last_timestamp_ns, timestamp_ns)
-            return True
+
+    def offer_batch(self, frames: Sequence[FrameRecord]) -> int:
+        """Offer frames as the packet sources hand them over; returns how many were stored.
+
+        Each frame is ``(seconds, nanoseconds, data, original_length, interface_index)`` (a
+        :class:`kpcap_agent.packetsource.Frame` or the live source's plain tuple). Same numbering
+        and same result as offering them one by one with :meth:`offer`, except that the clock is
+        read once for the whole batch. The frames to keep are picked by slicing (``frames[first::N]``),
+        so unsampled frames are never looked at: a malformed one (negative timestamp, original length
+        shorter than its data) is only refused when it is sampled, and then before anything changes.
+        """
+        count = len(frames)
+        if not count:
+            return 0
+        rate = self.config.sample_rate
+        with self._lock:
+            start = self._offered
+            chosen = frames[-start % rate :: rate]
+            checked: list[tuple[int, bytes, int]] = []
+            for seconds, nanoseconds, data, original_length, _ in chosen:
+                timestamp_ns = seconds * _NANOSECONDS_PER_SECOND + nanoseconds
+                _check_frame(timestamp_ns, len(data), original_length)
+                checked.append((timestamp_ns, data, original_length))
+            self._offered = start + count
+            if not checked:
+                return 0
+            cutoff = self._cutoff_ns()
+            self._expire(cutoff)
+            store = self._store
+            return sum(
+                store(timestamp_ns, data, original_length, cutoff)
+                for timestamp_ns, data, original_length in checked
+            )
+
+    def _store(
+        self, timestamp_ns: int, frame: bytes | bytearray, original_length: int, cutoff_ns: int
+    ) -> bool:
+        """Keep one sampled frame (lock held, records older than ``cutoff_ns`` already expired)."""
+        self._sampled += 1
+        if timestamp_ns < cutoff_ns:
+            self._evicted_for_retention += 1
+            return False
+        snap_length = self.config.snap_length
+        record = SampledPacket(
+            timestamp_ns=timestamp_ns,
+            original_length=original_length,
+            data=frame
+            if isinstance(frame, bytes) and len(frame) <= snap_length
+            else bytes(frame[:snap_length]),
+        )
+        cost = record.cost
+        budget = self.config.byte_budget
+        records = self._records
+        while self._held_bytes + cost > budget:
+            self._held_bytes -= records.popleft().cost
+            self._evicted_for_budget += 1
+        records.append(record)
+        self._held_bytes += cost
+        if timestamp_ns < self._last_timestamp_ns:
+            self._ordered = False
+        else:
+            self._last_timestamp_ns = timestamp_ns
+        return True
 
     def query(
         self, *, since_ns: int, until_ns: int, accept: Callable[[bytes], bool], limit: int

@@ -16,14 +16,17 @@ from scapy.packet import Raw
 
 from kpcap.filters import compile_matcher
 from kpcap.model import CaptureFilter
-from kpcap_agent.pcapfile import PcapWriter, iter_pcap_records
+from kpcap_agent.packetsource import Frame
+from kpcap_agent.pcapfile import FrameRecord, PcapWriter, iter_pcap_records
 from kpcap_agent.sampler import (
+    MAX_ORIGINAL_LENGTH,
     MAX_SNAP_LENGTH,
     MIN_SNAP_LENGTH,
     RECORD_OVERHEAD_BYTES,
     SampledPacket,
     SamplerConfig,
     SampleRing,
+    SamplerStats,
 )
 
 NS = 1_000_000_000
@@ -315,3 +318,140 @@ def test_query_results_write_to_a_pcap_with_their_original_lengths(tmp_path: Pat
     assert [r.timestamp_ns for r in records] == [(T0 + i) * NS + 123 for i in range(3)]
     assert [r.original_length for r in records] == [len(f) for f in frames]
     assert [r.data for r in records] == [f[:64] for f in frames]
+
+
+# --- original lengths and batches (what the live source hands over) ------------------------------
+
+
+def test_original_length_is_the_wire_length_of_a_frame_the_kernel_truncated() -> None:
+    sampler = ring(snap_length=64)
+    sampler.offer(b"k" * 64, timestamp_ns=T0 * NS, original_length=1514)  # truncated by the kernel
+    sampler.offer(b"s" * 40, timestamp_ns=T0 * NS + 1, original_length=40)
+    sampler.offer(b"l" * 100, timestamp_ns=T0 * NS + 2, original_length=9000)  # and by the ring
+    held = sampler.query(since_ns=0, until_ns=2**63, accept=accept_all, limit=10)
+    assert [(p.data, p.original_length) for p in held] == [
+        (b"k" * 64, 1514),
+        (b"s" * 40, 40),
+        (b"l" * 64, 9000),
+    ]
+
+
+@pytest.mark.parametrize("original_length", [63, -1, MAX_ORIGINAL_LENGTH + 1])
+def test_original_length_shorter_than_the_data_or_beyond_32_bits_is_refused(original_length: int) -> None:
+    sampler = ring()
+    with pytest.raises(ValueError, match=r"original_length must be in 64\.\.4294967295"):
+        sampler.offer(b"x" * 64, timestamp_ns=T0 * NS, original_length=original_length)
+    assert sampler.stats().offered == 0
+
+
+def record(index: int, *, length: int = 70, original_length: int | None = None) -> FrameRecord:
+    """A frame as the live source builds it: a plain tuple, timestamps split as in the kernel."""
+    seconds, nanoseconds = divmod(T0 * NS + index * 1000, NS)
+    data = index.to_bytes(4, "big") * (length // 4 + 1)
+    data = data[:length]
+    return (seconds, nanoseconds, data, original_length or length + index, 3)
+
+
+def held_and_stats(sampler: SampleRing) -> tuple[list[SampledPacket], SamplerStats]:
+    return sampler.query(since_ns=0, until_ns=2**63, accept=accept_all, limit=10**6), sampler.stats()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sample_rate=st.integers(1, 7),
+    batch_sizes=st.lists(st.integers(0, 40), max_size=12),
+    single_every=st.integers(0, 4),
+    lengths=st.lists(st.integers(0, 300), min_size=1, max_size=10),
+    extra_budget=st.integers(0, 3000),
+)
+def test_offer_batch_is_the_same_as_offering_one_by_one(
+    sample_rate: int, batch_sizes: list[int], single_every: int, lengths: list[int], extra_budget: int
+) -> None:
+    """Same records (data, original length, timestamp), same counters, budget and all; batches
+    mixed with single offers keep one numbering."""
+    budget = 100 + RECORD_OVERHEAD_BYTES + extra_budget
+    batched = ring(sample_rate=sample_rate, snap_length=100, byte_budget=budget)
+    single = ring(sample_rate=sample_rate, snap_length=100, byte_budget=budget)
+    index = 0
+    for batch_number, size in enumerate(batch_sizes):
+        frames = [record(index + i, length=lengths[(index + i) % len(lengths)]) for i in range(size)]
+        index += size
+        stored = batched.offer_batch(frames)
+        assert stored == sum(
+            single.offer(data, timestamp_ns=seconds * NS + nanoseconds, original_length=original_length)
+            for seconds, nanoseconds, data, original_length, _ in frames
+        )
+        if single_every and batch_number % single_every == 0:  # a single offer between batches
+            seconds, nanoseconds, data, original_length, _ = record(index)
+            index += 1
+            for sampler in (batched, single):
+                sampler.offer(data, timestamp_ns=seconds * NS + nanoseconds, original_length=original_length)
+        assert held_and_stats(batched) == held_and_stats(single)
+    _, stats = held_and_stats(batched)
+    assert stats.offered == index
+    assert stats.sampled == len(range(0, index, sample_rate))
+    assert stats.held_bytes <= budget
+
+
+def test_offer_batch_picks_every_nth_across_batch_boundaries() -> None:
+    sampler = ring(sample_rate=4)
+    assert sampler.offer_batch([record(i) for i in range(6)]) == 2  # 0, 4
+    assert sampler.offer_batch([record(i) for i in range(6, 7)]) == 0
+    assert sampler.offer_batch([]) == 0
+    assert sampler.offer_batch([record(i) for i in range(7, 17)]) == 3  # 8, 12, 16
+    held, stats = held_and_stats(sampler)
+    assert [int.from_bytes(p.data[:4], "big") for p in held] == [0, 4, 8, 12, 16]
+    assert [p.original_length for p in held] == [70 + i for i in (0, 4, 8, 12, 16)]
+    assert (stats.offered, stats.sampled, stats.held_records) == (17, 5, 5)
+
+
+def test_offer_batch_takes_frames_and_keeps_original_lengths_and_truncates() -> None:
+    sampler = ring(snap_length=64)
+    frames = [
+        Frame.at(timestamp_ns=T0 * NS + 5, data=b"a" * 64, original_length=1500),
+        Frame.at(timestamp_ns=T0 * NS + 6, data=b"b" * 200),
+    ]
+    assert sampler.offer_batch(frames) == 2
+    held, _ = held_and_stats(sampler)
+    assert [(p.timestamp_ns, p.data, p.original_length) for p in held] == [
+        (T0 * NS + 5, b"a" * 64, 1500),
+        (T0 * NS + 6, b"b" * 64, 200),
+    ]
+
+
+def test_offer_batch_does_not_look_at_unsampled_frames() -> None:
+    """Unsampled frames are skipped by slicing: even objects that are not frames pass untouched."""
+
+    class Untouchable:
+        def __iter__(self) -> None:
+            raise AssertionError("an unsampled frame was unpacked")
+
+    sampler = ring(sample_rate=3)
+    frames: list[object] = [Untouchable() for _ in range(10)]
+    for position in (0, 3, 6, 9):
+        frames[position] = record(position)
+    assert sampler.offer_batch(frames) == 4  # type: ignore[arg-type]
+    assert sampler.stats().offered == 10
+
+
+def test_offer_batch_refuses_a_bad_sampled_frame_before_changing_anything() -> None:
+    sampler = ring(sample_rate=2)
+    sampler.offer_batch([record(0)])
+    before = held_and_stats(sampler)
+    seconds, nanoseconds, data, _, interface = record(2)
+    bad = (seconds, nanoseconds, data, len(data) - 1, interface)
+    with pytest.raises(ValueError, match="original_length must be in"):
+        sampler.offer_batch([record(1), bad, record(3)])
+    with pytest.raises(ValueError, match="timestamp_ns must be >= 0"):
+        sampler.offer_batch([record(1), (-1, 0, data, len(data), 0)])
+    assert held_and_stats(sampler) == before
+
+
+def test_offer_batch_expires_by_retention_like_offer() -> None:
+    clock = FakeClock(T0 + 100)
+    config = SamplerConfig(sample_rate=1, snap_length=64, byte_budget=1 << 20, retention_seconds=60)
+    sampler = SampleRing(config, clock=clock)
+    frames = [Frame.at(timestamp_ns=(T0 + second) * NS, data=b"r" * 64) for second in (10, 30, 90)]
+    assert sampler.offer_batch(frames) == 1  # T0+10 and T0+30 are older than 60 s at T0+100
+    stats = sampler.stats()
+    assert (stats.sampled, stats.held_records, stats.evicted_for_retention) == (3, 1, 2)
