@@ -253,10 +253,9 @@ def deploy_samplers(
 ) -> Samplers:
     """Render the chart and apply only its sampler objects (ServiceAccount, RBAC, DaemonSet); wait
     until a sampler runs on every node."""
-    values = {
-        "agent": {"image": TEST_IMAGES["agent"]},
-        "sampler": {"enabled": True, **(sampler_values or {})},
-    }
+    sampler = {"enabled": True, **(sampler_values or {})}
+    values = {"agent": {"image": TEST_IMAGES["agent"]}, "sampler": sampler}
+    port = int(sampler.get("port", 9444))
     rendered = render_chart(release=release, namespace=namespace, values=values)
     docs = [
         doc
@@ -272,10 +271,7 @@ def deploy_samplers(
     }
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = {
-            p["spec"].get("nodeName") for p in samplers.pods() if p["status"].get("phase") == "Running"
-        }
-        if running >= nodes:
+        if samplers.answering(port=port) >= nodes:
             return samplers
         time.sleep(0.5)
     pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
