@@ -474,7 +474,11 @@ def test_server_side_dry_run_accepts_the_rendered_chart(
 def installation(local_cluster: LocalCluster) -> Iterator[Installation]:
     started = time.monotonic()
     installed = install(
-        local_cluster, release=RELEASE, namespace=NAMESPACE, values={"operator": {"reportGraceSeconds": 10}}
+        local_cluster,
+        release=RELEASE,
+        namespace=NAMESPACE,
+        # Every packet sampled, so the simple capture's count is exact.
+        values={"operator": {"reportGraceSeconds": 10}, "sampler": {"samplingRate": 1}},
     )
     print(f"chart installed, operator running, webhook registered in {time.monotonic() - started:.1f}s")
     try:
@@ -598,6 +602,57 @@ def test_installed_chart_runs_a_full_capture_to_s3(
         wait_for(lambda: not _daemonsets(cluster, cid), timeout=30, what="the capture's DaemonSet to go")
     finally:
         _cleanup(cluster, namespace)
+
+
+@pytest.mark.e2e
+def test_installed_chart_answers_a_simple_capture_from_its_samplers(
+    installed: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    """The operator pod, with exactly the chart's RBAC, finds the sampler pods, gets its token and
+    is answered by every node's sampler (which checks that token with its own RBAC)."""
+    cluster = installed
+    marker = f"chart-simple-{namespace}"
+    cluster.send_udp(src="kpcap-node-3", dst="kpcap-node-1", port=6363, count=10, payload=marker)
+    time.sleep(0.5)
+    manifest = tmp_path / "simple.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kpcap.io/v1alpha1",
+                "kind": "PacketCapture",
+                "metadata": {"name": "sampled"},
+                "spec": {
+                    "type": "simple",
+                    "timeLimit": 60,
+                    "packetLimit": 100,
+                    "filter": {"destinationPort": 6363},
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    cluster.kubectl("apply", "-n", namespace, "-f", str(manifest))
+    status = wait_for(
+        lambda: (
+            (s := _capture(cluster, namespace, "sampled").get("status") or {}).get("status")
+            in {"success", "failed"}
+            and s
+        ),
+        timeout=15,
+        interval=0.1,
+        what="the simple capture to finish",
+    )
+    assert status["status"] == "success", status
+    assert status["nodesSummary"] == "3/3"
+    # Every packet is sampled here: node 3 saw the 10 datagrams leave, node 1 saw them arrive.
+    assert status["packetsCaptured"] == 20
+    assert {n: e.get("packets") for n, e in status["nodes"].items()} == {
+        "kpcap-node-1": 10,
+        "kpcap-node-2": 0,
+        "kpcap-node-3": 10,
+    }
+    row = _pcaps_row(cluster, namespace, "sampled")
+    assert row[1:4] == ["simple", "success", str(status["packetsCaptured"])]
 
 
 @pytest.mark.e2e
