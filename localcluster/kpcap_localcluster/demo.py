@@ -7,7 +7,9 @@
 4. sends matching (port 7777) and non-matching (port 8888) traffic from the third node;
 5. follows ``kubectl get pcaps`` to success, downloads the per-node PCAPs, merges them with mergecap
    and prints what was captured;
-6. tears everything down, unless ``--keep`` (then it waits for Ctrl-C with the cluster up).
+6. ``kubectl apply -f`` a simple capture of the same traffic, now past: every node's sampler answers
+   at once; downloads its PCAP through the REST API (PCAPs-compatible) with a ServiceAccount token;
+7. tears everything down, unless ``--keep`` (then it waits for Ctrl-C with the cluster up).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kpcap.model import capture_id
 from kpcap_localcluster.cluster import LocalCluster, default_nodes
-from kpcap_localcluster.install import install, write_manifest
+from kpcap_localcluster.install import Installation, install, write_manifest
 
 BUCKET = "kpcap-demo"
 MATCHING_PORT, OTHER_PORT = 7777, 8888
@@ -74,6 +78,79 @@ def follow(cluster: LocalCluster, *, send_traffic: Any, timeout: float = 120) ->
     raise TimeoutError(f"the capture did not finish within {timeout:.0f}s")
 
 
+def simple_capture(cluster: LocalCluster, *, installation: Installation, output: Path) -> None:
+    """A simple capture of the traffic sent above, then its PCAP through the REST API."""
+    body = {
+        "apiVersion": "kpcap.io/v1alpha1",
+        "kind": "PacketCapture",
+        "metadata": {"name": "demo-simple", "namespace": "default"},
+        "spec": {
+            "type": "simple",
+            "timeLimit": 120,
+            "packetLimit": 1000,
+            "filter": {"protocol": 17, "destinationPort": MATCHING_PORT},
+        },
+    }
+    manifest = write_manifest(output, body)
+    say(f"a simple capture of the last 2 minutes, from the samplers: kubectl apply -f {manifest}")
+    requested = time.monotonic()
+    cluster.kubectl("apply", "-f", str(manifest))
+    deadline = requested + 30
+    while True:
+        captured = json.loads(
+            cluster.kubectl("get", "pcap", "demo-simple", "-n", "default", "-o", "json").stdout
+        )
+        status = captured.get("status") or {}
+        if status.get("status") in {"success", "failed"}:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("the simple capture did not finish within 30s")
+        time.sleep(0.1)
+    print(f"{status['status']} {time.monotonic() - requested:.1f}s after kubectl apply", flush=True)
+    print(cluster.kubectl("get", "pcaps", "-n", "default", "demo-simple").stdout, flush=True)
+    for node, entry in sorted(status.get("nodes", {}).items()):
+        print(f"  {node}: {entry.get('packets', 0)} packets {entry.get('error', '')}")
+    if status["status"] != "success":
+        raise RuntimeError(f"simple capture failed: {status.get('errorMessage')}")
+
+    # A user of namespace "default" allowed to read captures there, and nothing else.
+    user = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "demo-user", "namespace": "default"},
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "pcap-reader", "namespace": "default"},
+        "rules": [{"apiGroups": ["kpcap.io"], "resources": ["packetcaptures"], "verbs": ["get", "list"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "demo-user-reads-pcaps", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pcap-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "demo-user", "namespace": "default"}],
+    }
+    listing = {"apiVersion": "v1", "kind": "List", "items": [user, role, binding]}
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(listing))
+    token = cluster.kubectl("create", "token", "demo-user", "-n", "default").stdout.strip()
+    address = installation.operator_pods()[0]["status"]["podIP"]
+    pcap_id = capture_id(captured["metadata"]["uid"])
+    url = f"http://{address}:8000/client/v4/accounts/default/pcaps/{pcap_id}/download"
+    say(f"GET {url} (Authorization: Bearer <demo-user's token>)")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 -- http to the pod
+        data = answer.read()
+    downloaded = output / f"pcap_{pcap_id}.pcap"
+    downloaded.write_bytes(data)
+    decoded = subprocess.run(
+        ["tshark", "-n", "-r", str(downloaded)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    print(f"{downloaded}: {len(decoded)} packets; first ones (tshark):", flush=True)
+    print("\n".join(decoded[:4]), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="kpcap-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,7 +168,9 @@ def main() -> int:
         print(cluster.kubectl("get", "nodes", "-L", "topology.kubernetes.io/zone").stdout, flush=True)
 
         say("installing kpcap from charts/kpcap (helm template | kubectl apply)")
-        installation = install(cluster)
+        # The REST API on, and every packet sampled (the chart's default is 1 in 100) so the simple
+        # capture below has something to show from a few dozen packets.
+        installation = install(cluster, values={"api": {"enabled": True}, "sampler": {"samplingRate": 1}})
         print(cluster.kubectl("get", "deploy,svc,sa", "-n", installation.namespace).stdout, flush=True)
 
         s3 = cluster.s3.s3_client()
@@ -145,8 +224,11 @@ def main() -> int:
         )
         print(
             f"{len(count.stdout.splitlines())} packets in total, all UDP to port {MATCHING_PORT}; "
-            f"{status['packetsCaptured']} reported in status; done in {time.monotonic() - started:.0f}s"
+            f"{status['packetsCaptured']} reported in status"
         )
+
+        simple_capture(cluster, installation=installation, output=args.output)
+        print(f"done in {time.monotonic() - started:.0f}s", flush=True)
 
         if args.keep:
             say("cluster kept. In another shell:")
