@@ -54,7 +54,6 @@ import signal
 import socket
 import socketserver
 import ssl
-import struct
 import sys
 import tempfile
 import threading
@@ -71,6 +70,7 @@ from typing import Any, Final, Protocol
 from kpcap.errors import SpecInvalid
 from kpcap.filters import compile_matcher
 from kpcap.model import CaptureSpec, CaptureType, filter_to_dict, parse_spec
+from kpcap.pcap import Record, global_header, record_bytes
 from kpcap.tls import self_signed_certificate
 from kpcap_agent.packetsource import (
     CopyPolicy,
@@ -80,7 +80,7 @@ from kpcap_agent.packetsource import (
     SourceExhausted,
     open_live_source,
 )
-from kpcap_agent.pcapfile import LINKTYPE_ETHERNET, NANOSECOND_MAGIC
+from kpcap_agent.pcapfile import LINKTYPE_ETHERNET
 from kpcap_agent.sampler import (
     DEFAULT_RETENTION_SECONDS,
     MAX_BYTE_BUDGET,
@@ -118,8 +118,6 @@ CONNECTION_TIMEOUT_SECONDS: Final = 15.0
 _CAPTURE_POLL_SECONDS: Final = 0.25
 _MAX_NS: Final = 2**63 - 1
 _DRAIN_LIMIT: Final = 1 << 20
-_PCAP_HEADER: Final = struct.Struct("<IHHiIII")
-_PCAP_RECORD: Final = struct.Struct("<IIII")
 _NS_PER_SECOND: Final = 1_000_000_000
 _INTERFACE_NAME: Final = re.compile(r"[^\s/:,]{1,15}")
 
@@ -492,12 +490,14 @@ def parse_query(body: bytes) -> SampleQuery:
 
 def encode_pcap(records: Iterable[SampledPacket], *, snap_length: int) -> bytes:
     """A classic PCAP: nanosecond magic, little endian, Ethernet, ``snap_length``; one record each."""
-    pack = _PCAP_RECORD.pack
-    parts = [_PCAP_HEADER.pack(NANOSECOND_MAGIC, 2, 4, 0, 0, snap_length, LINKTYPE_ETHERNET)]
-    for record in records:
-        seconds, nanoseconds = divmod(record.timestamp_ns, _NS_PER_SECOND)
-        parts.append(pack(seconds, nanoseconds, len(record.data), record.original_length))
-        parts.append(record.data)
+    parts = [global_header(nanosecond=True, snaplen=snap_length, linktype=LINKTYPE_ETHERNET)]
+    parts.extend(
+        record_bytes(
+            Record(record.timestamp_ns, len(record.data), record.original_length, record.data),
+            nanosecond=True,
+        )
+        for record in records
+    )
     return b"".join(parts)
 
 

@@ -105,16 +105,7 @@ class Installation:
 
     def uninstall(self) -> None:
         kubectl = self.cluster.kubectl
-        kubectl(
-            "delete",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=60s",
-            "-f",
-            "-",
-            stdin=self.manifests,
-            check=False,
-        )
+        delete_manifests(self.cluster, self.manifests)
         for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
             kubectl("delete", kind, "kpcap.io", "--ignore-not-found", check=False)
         kubectl(
@@ -126,6 +117,20 @@ class Installation:
             "--ignore-not-found",
             check=False,
         )
+
+
+def delete_manifests(cluster: LocalCluster, manifests: str) -> None:
+    """Delete what ``manifests`` created (absent objects are fine), waiting up to 60 s for each."""
+    cluster.kubectl(
+        "delete",
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=60s",
+        "-f",
+        "-",
+        stdin=manifests,
+        check=False,
+    )
 
 
 def apply_crd(cluster: LocalCluster) -> None:
@@ -228,16 +233,7 @@ class Samplers:
 
     def remove(self, *, timeout: float = 60.0) -> None:
         """Delete them and wait until no sampler pod is left (so the port is free for the next)."""
-        self.cluster.kubectl(
-            "delete",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=60s",
-            "-f",
-            "-",
-            stdin=self.manifests,
-            check=False,
-        )
+        delete_manifests(self.cluster, self.manifests)
         deadline = time.monotonic() + timeout
         while self.pods() and time.monotonic() < deadline:
             time.sleep(0.5)
