@@ -44,12 +44,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-SENDER_NETNS = "kpbench-a"
-RECEIVER_NETNS = "kpbench-b"
-SENDER_LINK = "kpbv0"
-RECEIVER_LINK = "kpbv1"
-SENDER_ADDRESS = "198.18.250.1"
-RECEIVER_ADDRESS = "198.18.250.2"
+from benchmarks.flood import FloodNet, run, trafgen_sent, write_trafgen_config
+
+NET = FloodNet(
+    sender_netns="kpbench-a", sender_link="kpbv0", sender_address="198.18.250.1",
+    receiver_netns="kpbench-b", receiver_link="kpbv1", receiver_address="198.18.250.2",
+)  # fmt: skip
 DESTINATION_PORT = 9  # discard
 RSS_TARGET_MB = 150.0
 BYTE_LIMIT = 1_000_000_000
@@ -137,55 +137,6 @@ def engine_main(argv: Sequence[str]) -> None:
 # --- the orchestrator ---------------------------------------------------------------------------
 
 
-def _run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-def _delete_namespaces() -> None:
-    for netns in (SENDER_NETNS, RECEIVER_NETNS):  # deleting a namespace deletes its veth end
-        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
-
-
-def _create_namespaces() -> tuple[str, str]:
-    """Returns the MAC addresses of the sender's and the receiver's veth ends."""
-    for netns in (SENDER_NETNS, RECEIVER_NETNS):
-        _run("ip", "netns", "add", netns)
-        _run("ip", "-n", netns, "link", "set", "lo", "up")
-    _run(
-        "ip", "-n", SENDER_NETNS, "link", "add", SENDER_LINK, "type", "veth",
-        "peer", "name", RECEIVER_LINK, "netns", RECEIVER_NETNS,
-    )  # fmt: skip
-    macs = []
-    for netns, link, address in (
-        (SENDER_NETNS, SENDER_LINK, SENDER_ADDRESS),
-        (RECEIVER_NETNS, RECEIVER_LINK, RECEIVER_ADDRESS),
-    ):
-        _run("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", link)
-        _run("ip", "-n", netns, "link", "set", link, "up")
-        macs.append(json.loads(_run("ip", "-n", netns, "-j", "link", "show", "dev", link))[0]["address"])
-    return macs[0], macs[1]
-
-
-def _udp_frame(*, source_mac: str, destination_mac: str, payload_length: int) -> bytes:
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.packet import Raw
-
-    return bytes(
-        Ether(src=source_mac, dst=destination_mac)
-        / IP(src=SENDER_ADDRESS, dst=RECEIVER_ADDRESS)
-        / UDP(sport=40000, dport=DESTINATION_PORT)
-        / Raw(bytes(payload_length))
-    )
-
-
-def _receiver_rx() -> tuple[int, int]:
-    """(packets, dropped) received by the receiver's veth end so far."""
-    link = json.loads(_run("ip", "-n", RECEIVER_NETNS, "-s", "-j", "link", "show", "dev", RECEIVER_LINK))
-    rx = link[0]["stats64"]["rx"]
-    return int(rx["packets"]), int(rx["dropped"])
-
-
 @dataclass(frozen=True, kw_only=True)
 class Sent:
     packets: int
@@ -193,32 +144,21 @@ class Sent:
 
 
 def _trafgen(*, config: Path, count: int, rate: int | None) -> Sent:
-    argv = [
-        "ip", "netns", "exec", SENDER_NETNS, "trafgen", "--dev", SENDER_LINK, "--conf", str(config),
-        "--num", str(count), "--cpus", "1", "--no-sock-mem",
-    ]  # fmt: skip
-    if rate is not None:
-        argv += ["--rate", f"{rate}pps"]
-    output = _run(*argv)
-    sent = re.search(r"(\d+) packets outgoing", output)
+    output = run(*NET.trafgen_argv(config=config, count=count, rate=rate))
+    sent = trafgen_sent(output)
     timing = re.search(r"(\d+) sec, (\d+) usec on CPU", output)
     cpu_seconds = int(timing.group(1)) + int(timing.group(2)) / 1e6 if timing else float("nan")
-    return Sent(packets=int(sent.group(1)) if sent else count, cpu_seconds=cpu_seconds)
-
-
-def _write_trafgen_config(path: Path, frame: bytes) -> Path:
-    path.write_text("{ " + ", ".join(f"0x{byte:02x}" for byte in frame) + " }\n")
-    return path
+    return Sent(packets=sent if sent is not None else count, cpu_seconds=cpu_seconds)
 
 
 class Engine:
     """The engine runner as a subprocess in the receiving namespace."""
 
     def __init__(self, *, pcap: Path, packet_limit: int, byte_limit: int | None) -> None:
-        argv = [
-            "ip", "netns", "exec", RECEIVER_NETNS, sys.executable, str(Path(__file__).resolve()),
+        argv = NET.in_receiver(
+            sys.executable, str(Path(__file__).resolve()),
             "engine", "--pcap", str(pcap), "--packet-limit", str(packet_limit),
-        ]  # fmt: skip
+        )  # fmt: skip
         if byte_limit is not None:
             argv += ["--byte-limit", str(byte_limit)]
         self.process = subprocess.Popen(
@@ -254,10 +194,9 @@ class Tcpdump:
     """``tcpdump -w`` in the receiving namespace, on the receiver's veth end."""
 
     def __init__(self, *, pcap: Path, expression: str) -> None:
-        argv = [
-            "ip", "netns", "exec", RECEIVER_NETNS,
-            "tcpdump", "-i", RECEIVER_LINK, "-w", str(pcap), "-B", "32768", "-n", expression,
-        ]  # fmt: skip
+        argv = NET.in_receiver(
+            "tcpdump", "-i", NET.receiver_link, "-w", str(pcap), "-B", "32768", "-n", expression
+        )
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert self.process.stderr is not None
         self.stderr = [self.process.stderr.readline()]
@@ -321,12 +260,12 @@ def _rate_run(*, label: str, rate: int | None, count: int, config: Path, work: P
     try:
         engine = Engine(pcap=agent_pcap, packet_limit=STRESS_PACKETS * 10, byte_limit=None)
         tcpdump = Tcpdump(pcap=tcpdump_pcap, expression=bpf_expression(_capture_filter()))
-        received_before, dropped_before = _receiver_rx()
+        received_before, dropped_before = NET.receiver_rx()
         sent = _trafgen(config=config, count=count, rate=rate)
         agent = engine.finish()
         time.sleep(0.5)  # tcpdump (C) is not behind the engine; give it a moment all the same
         tcpdump_packets, tcpdump_drops, arrival_rate, peak_rate = tcpdump.finish()
-        received_after, dropped_after = _receiver_rx()
+        received_after, dropped_after = NET.receiver_rx()
     finally:
         for process in (engine, tcpdump):
             if process is not None:
@@ -455,15 +394,22 @@ def main(argv: Sequence[str]) -> int:
     memory_mb = args.memory_mb or (60 if args.quick else 500)
     [(memory_rate_label, memory_rate)] = _parse_rates(args.memory_rate)
 
-    _delete_namespaces()  # stale ones of an interrupted run
+    NET.delete()  # stale ones of an interrupted run
     try:
-        sender_mac, receiver_mac = _create_namespaces()
+        sender_mac, receiver_mac = NET.create()
         with tempfile.TemporaryDirectory(prefix="kpcap-bench-") as directory:
             work = Path(directory)
-            small = _udp_frame(source_mac=sender_mac, destination_mac=receiver_mac, payload_length=18)
-            large = _udp_frame(source_mac=sender_mac, destination_mac=receiver_mac, payload_length=1400)
-            small_config = _write_trafgen_config(work / "small.cfg", small)
-            large_config = _write_trafgen_config(work / "large.cfg", large)
+            small, large = (
+                NET.udp_frame(
+                    source_mac=sender_mac,
+                    destination_mac=receiver_mac,
+                    payload_length=payload_length,
+                    destination_port=DESTINATION_PORT,
+                )
+                for payload_length in (18, 1400)
+            )
+            small_config = write_trafgen_config(work / "small.cfg", small)
+            large_config = write_trafgen_config(work / "large.cfg", large)
             tables: list[tuple[str, list[RateRow]]] = []
             for frame, config, rates, packets in (
                 (small, small_config, args.rates, count),
@@ -498,7 +444,7 @@ def main(argv: Sequence[str]) -> int:
                         )
                     )
     finally:
-        _delete_namespaces()
+        NET.delete()
 
     for title, rows in tables:
         print(f"\n### Capture: agent engine vs tcpdump -w, {title}\n")

@@ -29,7 +29,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import signal
 import ssl
 import subprocess
@@ -43,12 +42,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-SENDER_NETNS = "kpbench-sa"
-RECEIVER_NETNS = "kpbench-sb"
-SENDER_LINK = "kpbsv0"
-RECEIVER_LINK = "kpbsv1"
-SENDER_ADDRESS = "198.18.251.1"
-RECEIVER_ADDRESS = "198.18.251.2"
+from benchmarks.flood import FloodNet, run, trafgen_sent, write_trafgen_config
+
+NET = FloodNet(
+    sender_netns="kpbench-sa", sender_link="kpbsv0", sender_address="198.18.251.1",
+    receiver_netns="kpbench-sb", receiver_link="kpbsv1", receiver_address="198.18.251.2",
+)  # fmt: skip
 PORT = 9444
 TOKEN = "benchmark-token"  # noqa: S105 -- the benchmark's fixed-token authoriser
 
@@ -87,7 +86,7 @@ def service_main(argv: Sequence[str]) -> None:
             sample_rate=args.rate, snap_length=args.snap, byte_budget=parse_quantity(args.budget)
         ),
         client="benchmark",
-        host=RECEIVER_ADDRESS,
+        host=NET.receiver_address,
         port=PORT,
     )
     stop = threading.Event()
@@ -124,7 +123,7 @@ def query_main(argv: Sequence[str]) -> None:
         }
     )
     started = time.monotonic()
-    connection = http.client.HTTPSConnection(RECEIVER_ADDRESS, PORT, context=context, timeout=60)
+    connection = http.client.HTTPSConnection(NET.receiver_address, PORT, context=context, timeout=60)
     connection.request("POST", "/v1/samples", body=body, headers={"Authorization": f"Bearer {TOKEN}"})
     response = connection.getresponse()
     payload = response.read()
@@ -141,68 +140,6 @@ def query_main(argv: Sequence[str]) -> None:
 
 
 # --- the orchestrator ---------------------------------------------------------------------------
-
-
-def _run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-def _delete_namespaces() -> None:
-    for netns in (SENDER_NETNS, RECEIVER_NETNS):
-        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
-
-
-def _create_namespaces() -> tuple[str, str]:
-    for netns in (SENDER_NETNS, RECEIVER_NETNS):
-        _run("ip", "netns", "add", netns)
-        _run("ip", "-n", netns, "link", "set", "lo", "up")
-    _run(
-        "ip",
-        "-n",
-        SENDER_NETNS,
-        "link",
-        "add",
-        SENDER_LINK,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        RECEIVER_LINK,
-        "netns",
-        RECEIVER_NETNS,
-    )
-    macs = []
-    for netns, link, address in (
-        (SENDER_NETNS, SENDER_LINK, SENDER_ADDRESS),
-        (RECEIVER_NETNS, RECEIVER_LINK, RECEIVER_ADDRESS),
-    ):
-        _run("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", link)
-        _run("ip", "-n", netns, "link", "set", link, "up")
-        macs.append(json.loads(_run("ip", "-n", netns, "-j", "link", "show", "dev", link))[0]["address"])
-    return macs[0], macs[1]
-
-
-def _trafgen_config(path: Path, *, source_mac: str, destination_mac: str) -> Path:
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.packet import Raw
-
-    packets = []
-    for payload in (18, 1400):
-        frame = bytes(
-            Ether(src=source_mac, dst=destination_mac)
-            / IP(src=SENDER_ADDRESS, dst=RECEIVER_ADDRESS)
-            / UDP(sport=40000, dport=9)
-            / Raw(bytes(payload))
-        )
-        packets.append("{ " + ", ".join(f"0x{byte:02x}" for byte in frame) + " }")
-    path.write_text("\n".join(packets) + "\n")
-    return path
-
-
-def _receiver_rx() -> int:
-    link = json.loads(_run("ip", "-n", RECEIVER_NETNS, "-s", "-j", "link", "show", "dev", RECEIVER_LINK))
-    return int(link[0]["stats64"]["rx"]["packets"])
 
 
 def _proc(pid: int) -> dict[str, int]:
@@ -238,21 +175,21 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     budget = parse_quantity(args.budget)
 
-    _delete_namespaces()
+    NET.delete()
     service: subprocess.Popen[str] | None = None
     trafgen: subprocess.Popen[str] | None = None
     try:
-        sender_mac, receiver_mac = _create_namespaces()
+        sender_mac, receiver_mac = NET.create()
         with tempfile.TemporaryDirectory(prefix="kpcap-bench-sampler-") as directory:
-            config = _trafgen_config(
-                Path(directory) / "flood.cfg", source_mac=sender_mac, destination_mac=receiver_mac
+            config = write_trafgen_config(
+                Path(directory) / "flood.cfg",
+                *(  # 60 and 1442 bytes alternately
+                    NET.udp_frame(source_mac=sender_mac, destination_mac=receiver_mac, payload_length=payload)
+                    for payload in (18, 1400)
+                ),
             )
             service = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    RECEIVER_NETNS,
+                NET.in_receiver(
                     sys.executable,
                     str(Path(__file__).resolve()),
                     "service",
@@ -262,7 +199,7 @@ def main(argv: Sequence[str]) -> int:
                     str(args.snap),
                     "--budget",
                     args.budget,
-                ],
+                ),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -286,24 +223,9 @@ def main(argv: Sequence[str]) -> int:
 
             reader = threading.Thread(target=read_stats, daemon=True)
             reader.start()
-            rx_before = _receiver_rx()
+            rx_before, _ = NET.receiver_rx()
             trafgen = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    SENDER_NETNS,
-                    "trafgen",
-                    "--dev",
-                    SENDER_LINK,
-                    "--conf",
-                    str(config),
-                    "--num",
-                    "0",
-                    "--cpus",
-                    "1",
-                    "--no-sock-mem",
-                ],
+                NET.trafgen_argv(config=config, count=0),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -321,22 +243,14 @@ def main(argv: Sequence[str]) -> int:
                     timeline.append(f"{rss / 1024:.1f}")
                 if not queried and time.monotonic() - started > args.seconds / 2:
                     queried = json.loads(
-                        _run(
-                            "ip",
-                            "netns",
-                            "exec",
-                            RECEIVER_NETNS,
-                            sys.executable,
-                            str(Path(__file__).resolve()),
-                            "query",
-                        )
+                        run(*NET.in_receiver(sys.executable, str(Path(__file__).resolve()), "query"))
                     )
             os.killpg(trafgen.pid, signal.SIGINT)
             trafgen_output, _ = trafgen.communicate(timeout=30)
             flood_seconds = time.monotonic() - started
             time.sleep(1.0)  # let the service drain its kernel ring
             end = _proc(pid)
-            rx_after = _receiver_rx()
+            rx_after, _ = NET.receiver_rx()
             service.send_signal(signal.SIGTERM)
             service.wait(timeout=30)
             reader.join(timeout=5)
@@ -345,10 +259,11 @@ def main(argv: Sequence[str]) -> int:
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
-        _delete_namespaces()
+        NET.delete()
 
-    sent_match = re.search(r"(\d+) packets outgoing", trafgen_output)
-    sent = int(sent_match.group(1)) if sent_match else -1
+    sent = trafgen_sent(trafgen_output)
+    if sent is None:
+        sent = -1
     last = lines[-1]
     held_max = max(line["held_bytes"] for line in lines)
     growth_kib = end["VmHWM"] - ready["VmRSS"]
