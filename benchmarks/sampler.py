@@ -17,7 +17,10 @@ Measured, all of the service's own process (``ip netns exec`` execs it, so it ke
   the end; growth = peak - ready, against the budget;
 - bytes written to storage: ``write_bytes`` of ``/proc/PID/io`` from start to end (0 expected:
   nothing but the TLS chain, which goes through a memfd);
-- frames sent (trafgen), received by ``kpbsv1``, offered to the ring, sampled, evicted, kernel drops.
+- frames sent (trafgen), received by ``kpbsv1``, offered to the ring (already sampled 1 in N by the
+  kernel: the ring keeps them all), sampled against the expected received / N (the sampling is
+  random, so the count is binomial: a 6-sigma bound is shown), evicted, kernel drops;
+- CPU: utime + stime of ``/proc/PID/stat`` from ready to the end.
 
 Exit status 1 when ``held_bytes`` ever exceeded the budget or anything was written to disk.
 Root needed (namespaces, AF_PACKET); trafgen (netsniff-ng) on PATH.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import signal
 import ssl
@@ -143,8 +147,11 @@ def query_main(argv: Sequence[str]) -> None:
 
 
 def _proc(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (KiB) and write_bytes of a process."""
+    """VmRSS and VmHWM (KiB), write_bytes and CPU time (utime + stime, clock ticks) of a process."""
     values: dict[str, int] = {}
+    # /proc/PID/stat: "pid (comm) state ..."; utime and stime are fields 14 and 15 (1-based).
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    values["cpu_ticks"] = int(fields[11]) + int(fields[12])
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, rest = line.partition(":")
         if name in ("VmRSS", "VmHWM"):
@@ -267,6 +274,12 @@ def main(argv: Sequence[str]) -> int:
     last = lines[-1]
     held_max = max(line["held_bytes"] for line in lines)
     growth_kib = end["VmHWM"] - ready["VmRSS"]
+    cpu_seconds = (end["cpu_ticks"] - ready["cpu_ticks"]) / os.sysconf("SC_CLK_TCK")
+    # The sampling is random (each frame kept with probability 1/N, in the kernel): the sampled
+    # count is binomial around received / N (kernel drops, frames the ring missed, lower it).
+    received = rx_after - rx_before
+    expected = received / args.rate
+    bound = 6 * math.sqrt(received * (1 / args.rate) * (1 - 1 / args.rate))
     written = end["write_bytes"] - ready["write_bytes"]
     title = f"budget {args.budget} ({budget:,} bytes), 1 in {args.rate}, snap {args.snap}"
     print(f"\n### Sampler under a flood: {title}\n")
@@ -275,11 +288,19 @@ def main(argv: Sequence[str]) -> int:
     rows = [
         ("flood duration", f"{flood_seconds:.1f} s"),
         ("frames sent (trafgen, 60 and 1442 bytes alternately)", f"{sent:,}"),
-        ("frames received by the veth", f"{rx_after - rx_before:,}"),
+        ("frames received by the veth", f"{received:,}"),
         ("frames offered to the ring", f"{last['offered']:,} ({last['offered'] / flood_seconds:,.0f}/s)"),
-        ("frames sampled", f"{last['sampled']:,}"),
+        (
+            "frames sampled / expected (received / N, 6 sigma)",
+            f"{last['sampled']:,} / {expected:,.0f} +- {bound:,.0f} "
+            f"({'within' if abs(last['sampled'] - expected) <= bound else 'OUTSIDE'})",
+        ),
         ("evicted for the budget", f"{last['evicted_for_budget']:,}"),
         ("kernel drops", f"{last['kernel_drops']:,}"),
+        (
+            "service CPU (utime + stime, ready to end)",
+            f"{cpu_seconds:.1f} s ({100 * cpu_seconds / flood_seconds:.0f}% of a CPU over the flood)",
+        ),
         ("held records at the end", f"{last['held_records']:,}"),
         ("held_bytes max / budget", f"{held_max:,} / {budget:,} = {held_max / budget:.4f}"),
         ("RSS when ready", f"{ready['VmRSS'] / 1024:.1f} MiB"),

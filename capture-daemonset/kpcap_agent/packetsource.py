@@ -10,8 +10,9 @@ Live source (:func:`open_live_source`), in the order that makes it safe:
 2. ``PACKET_VERSION = TPACKET_V3``;
 3. ``SO_ATTACH_FILTER`` with the classic BPF program libpcap compiles from the caller's expression
    (the expression is built from validated typed values by ``kpcap.filters``, never user text),
-   prefixed with an interface check on the ``ifindex`` ancillary load, then ``SO_LOCK_FILTER`` so
-   the filter can no longer be removed or replaced;
+   prefixed with an interface check on the ``ifindex`` ancillary load (and, for the sampler, by a
+   random 1-in-N sampling check: ``sample_one_in``), then ``SO_LOCK_FILTER`` so the filter can no
+   longer be removed or replaced;
 4. ``PACKET_RX_RING`` (TPACKET_V3 blocks) mapped with mmap, and a drain of anything queued (nothing
    is expected: belt and braces);
 5. only then ``bind`` to ``ETH_P_ALL``, so no frame that fails the filter is ever queued.
@@ -95,10 +96,14 @@ TP_STATUS_USER: Final = 1
 TP_STATUS_VLAN_VALID: Final = 0x10
 TP_STATUS_VLAN_TPID_VALID: Final = 0x40
 _SKF_AD_IFINDEX: Final = 0xFFFFF000 + 8  # SKF_AD_OFF (-0x1000) + SKF_AD_IFINDEX, as u32
-_BPF_LD_W_ABS: Final = 0x20
-_BPF_JMP_JEQ_K: Final = 0x15
-_BPF_JMP_JA: Final = 0x05
-_BPF_RET_K: Final = 0x06
+_SKF_AD_RANDOM: Final = 0xFFFFF000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM (a fresh prandom u32 per load)
+# Opcodes (linux/bpf_common.h): class | size | mode, or class | op | source.
+_BPF_LD_W_ABS: Final = 0x20  # BPF_LD 0x00 | BPF_W 0x00 | BPF_ABS 0x20
+_BPF_ALU_MOD_K: Final = 0x94  # BPF_ALU 0x04 | BPF_MOD 0x90 | BPF_K 0x00
+_BPF_JMP_JEQ_K: Final = 0x15  # BPF_JMP 0x05 | BPF_JEQ 0x10 | BPF_K 0x00
+_BPF_JMP_JA: Final = 0x05  # BPF_JMP 0x05 | BPF_JA 0x00
+_BPF_RET_K: Final = 0x06  # BPF_RET 0x06 | BPF_K 0x00
+MAX_SAMPLE_ONE_IN: Final = 2**31 - 1
 _MAX_SELECTED_INTERFACES: Final = 200  # jump offsets in classic BPF are 8-bit
 
 _TPACKET_REQ3: Final = struct.Struct("=7I")
@@ -350,6 +355,44 @@ def interface_check(
     return prefix
 
 
+def sampling_check(*, one_in: int) -> list[tuple[int, int, int, int]]:
+    """BPF instructions to put in front of a program: keep each frame with probability 1/``one_in``.
+
+    ``ld rand; mod #N; jeq #0 -> <program>; ret #0``: the kernel draws a random number per frame
+    (``SKF_AD_RANDOM``), so frames are kept independently of one another, and a dropped frame is
+    never queued. ``one_in`` 1 gives no instruction at all (the program is unchanged).
+    """
+    if isinstance(one_in, bool) or not isinstance(one_in, int):
+        raise TypeError(f"sample_one_in must be an integer in 1..{MAX_SAMPLE_ONE_IN}, got {one_in!r}")
+    if not 1 <= one_in <= MAX_SAMPLE_ONE_IN:
+        raise ValueError(f"sample_one_in must be in 1..{MAX_SAMPLE_ONE_IN}, got {one_in}")
+    if one_in == 1:
+        return []
+    return [
+        (_BPF_LD_W_ABS, 0, 0, _SKF_AD_RANDOM),
+        (_BPF_ALU_MOD_K, 0, 0, one_in),
+        (_BPF_JMP_JEQ_K, 1, 0, 0),  # remainder 0: skip the ret, on to the program
+        (_BPF_RET_K, 0, 0, 0),
+    ]
+
+
+def live_program(
+    *,
+    filter_expression: str,
+    snaplen: int,
+    only: Sequence[int] | None,
+    excluded: Sequence[int],
+    sample_one_in: int = 1,
+) -> list[tuple[int, int, int, int]]:
+    """The classic BPF program :func:`open_live_source` attaches: the sampling check (none for
+    ``sample_one_in`` 1), the interface check (:func:`interface_check`), then the compiled filter."""
+    return (
+        sampling_check(one_in=sample_one_in)
+        + interface_check(only=only, excluded=excluded)
+        + compile_bpf(expression=filter_expression, snaplen=snaplen)
+    )
+
+
 def _attach_filter(sock: socket.socket, instructions: Sequence[tuple[int, int, int, int]]) -> None:
     code = b"".join(struct.pack("=HBBI", *instruction) for instruction in instructions)
     buffer = ctypes.create_string_buffer(code, len(code))
@@ -537,33 +580,45 @@ def open_live_source(
     copy_policy: CopyPolicy = CopyPolicy.ONE_COPY,
     snaplen: int = DEFAULT_SNAPLEN,
     geometry: RingGeometry = RingGeometry(),
+    sample_one_in: int = 1,
 ) -> LiveSource:
     """Open the kernel capture in the calling thread's network namespace (module docstring).
 
     ``interfaces`` None means every interface except ``exclude_interfaces`` (also those created
     later); otherwise exactly the named ones (``exclude_interfaces`` is then ignored).
+    ``sample_one_in`` N > 1 samples in the kernel: each frame is kept with probability 1/N,
+    independently (:func:`sampling_check`), before the interface check and the filter, so dropped
+    frames are never copied to the ring; 1 (the default, full captures) adds no instruction.
     Needs CAP_NET_RAW only (the filter, its lock and the ring need no other capability). Call it
     in a thread of the namespace to capture: the socket stays there whichever thread reads it.
     """
-    program = compile_bpf(expression=filter_expression, snaplen=snaplen)
+    sampling_check(one_in=sample_one_in)  # refuse a bad rate before anything is opened
     if interfaces is not None:
         if not interfaces:
             raise ValueError("interfaces: give at least one name, or None for all")
         selected = [socket.if_nametoindex(name) for name in interfaces]
-        prefix = interface_check(only=selected, excluded=())
+        only: list[int] | None = selected
+        excluded: list[int] = []
         names = tuple(interfaces)
         bind_index = selected[0] if len(selected) == 1 else 0
     else:
         present = {name: index for index, name in socket.if_nameindex()}
+        only = None
         excluded = [present[name] for name in exclude_interfaces if name in present]
-        prefix = interface_check(only=None, excluded=excluded)
         names = tuple(sorted(name for name in present if name not in exclude_interfaces))
         bind_index = 0
+    program = live_program(
+        filter_expression=filter_expression,
+        snaplen=snaplen,
+        only=only,
+        excluded=excluded,
+        sample_one_in=sample_one_in,
+    )
 
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing yet
     try:
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-        _attach_filter(sock, prefix + program)
+        _attach_filter(sock, program)
         frame_bytes = 2048  # only used by the kernel to validate the request for TPACKET_V3
         sock.setsockopt(
             SOL_PACKET,

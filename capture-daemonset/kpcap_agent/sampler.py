@@ -1,15 +1,21 @@
 """The sampler's pure core: a bounded, per-node ring of sampled packet headers (no I/O).
 
-The always-on sampler (DESIGN.md item 4, issue 6 part 1) offers every frame it sees to a
-:class:`SampleRing`, which keeps 1 in ``sample_rate`` of them, truncated to ``snap_length`` bytes
-with their original length and timestamp, and answers the operator's queries (time window, filter,
-packet limit). Networking, authentication and Kubernetes live elsewhere.
+A :class:`SampleRing` keeps 1 in ``sample_rate`` of the frames offered to it, truncated to
+``snap_length`` bytes with their original length and timestamp, and answers the operator's queries
+(time window, filter, packet limit). Networking, authentication and Kubernetes live elsewhere.
 
-Sampling is a deterministic counter: offered frames are numbered 0, 1, 2, ... and frame ``i`` is
-kept exactly when ``i % sample_rate == 0`` (the first offered frame is always kept). Frames are
-offered one at a time (:meth:`SampleRing.offer`) or a batch at a time (:meth:`SampleRing.offer_batch`,
-the live path: the frames to keep are picked by slicing, so an unsampled frame costs no Python work);
-both number frames the same way, and mixing them gives the same result as offering one by one.
+Where the always-on sampler (DESIGN.md item 4, issue 6 part 1) applies its rate: in the kernel, not
+here. :func:`kpcap_agent.sampler_service.open_sampler_source` puts a random 1-in-N check in front of
+the socket's BPF program (each frame kept independently with probability 1/N), and the service's
+ring has ``sample_rate`` 1 (:func:`kpcap_agent.sampler_service.ring_config`): it keeps every frame
+it is offered. The ring's own counter below is for a ring fed unsampled frames (tests, other uses).
+
+The ring's sampling is a deterministic counter: offered frames are numbered 0, 1, 2, ... and frame
+``i`` is kept exactly when ``i % sample_rate == 0`` (the first offered frame is always kept). Frames
+are offered one at a time (:meth:`SampleRing.offer`) or a batch at a time
+(:meth:`SampleRing.offer_batch`, the live path: the frames to keep are picked by slicing, so an
+unsampled frame costs no Python work); both number frames the same way, and mixing them gives the
+same result as offering one by one.
 
 Original length: the kernel hands over frames already truncated to the snap length, so the wire
 length is passed alongside (``original_length``, the pcap ``orig_len``); it defaults to the length of

@@ -3,10 +3,10 @@
 Run by the chart's sampler DaemonSet (hostNetwork, NET_RAW and NET_ADMIN only, a ServiceAccount that
 may only create TokenReviews). Three parts, each injectable so tests can swap them:
 
-- **capture**: a packet source (the live TPACKET_V3 source on a node; a
+- **capture**: a packet source (the live TPACKET_V3 source on a node, sampling in the kernel; a
   :class:`~kpcap_agent.packetsource.MemorySource` or a live source in a test namespace in tests)
   read by one thread that feeds a :class:`~kpcap_agent.sampler.SampleRing` a block at a time
-  (:meth:`~kpcap_agent.sampler.SampleRing.offer_batch`: unsampled frames cost no Python work);
+  (:meth:`~kpcap_agent.sampler.SampleRing.offer_batch`);
 - **authorisation**: an :class:`Authoriser` (:class:`TokenReviewAuthoriser` on a node);
 - **HTTPS**: a stdlib ``ThreadingHTTPServer`` with a self-signed certificate generated at start.
 
@@ -33,6 +33,14 @@ user is exactly ``KPCAP_SAMPLER_CLIENT``. Successes are cached for 30 s (keyed b
 SHA-256, at most 1024 entries), so repeated queries cost no apiserver round trip; refusals are
 never cached.
 
+Sampling happens in the kernel: :func:`open_sampler_source` prepends a random 1-in-N check
+(``SKF_AD_RANDOM``, ``mod N``) to the socket's BPF program, so each frame is kept independently with
+probability 1/N and a frame not sampled is never copied to the kernel ring nor seen by Python (the
+ring keeps every frame it is offered: :func:`ring_config`). The count sampled out of M frames is
+binomial (mean M/N), not exactly every N-th frame. ``X-Kpcap-Sample-Rate`` is the configured N. A
+packet seen on k captured interfaces (routed, bridged) has k chances to be sampled (about k/N; the
+copy check then keeps it once).
+
 Memory: the ring holds at most ``byte_budget`` bytes (see :mod:`kpcap_agent.sampler`); the kernel
 ring is small (:data:`SAMPLER_RING_GEOMETRY`, 4 MiB, against 64 MiB for a full capture), since a
 sampler keeps only headers (the kernel truncates every frame to the snap length before queueing it)
@@ -43,6 +51,7 @@ loaded from a memfd (a private temporary directory where memfd is unavailable, d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -71,7 +80,7 @@ from kpcap.errors import SpecInvalid
 from kpcap.filters import compile_matcher
 from kpcap.model import CaptureSpec, CaptureType, filter_to_dict, parse_spec
 from kpcap.pcap import Record, global_header, record_bytes
-from kpcap.tls import self_signed_certificate
+from kpcap.tls import issued_certificate, self_signed_certificate
 from kpcap_agent.packetsource import (
     CopyPolicy,
     LiveSource,
@@ -199,6 +208,8 @@ class SamplerServiceConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     interfaces: tuple[str, ...] | None = None  # None: every interface but lo
+    node_ip: str | None = None  # also named in the serving certificate (hostNetwork: the node's IP)
+    ca: tuple[bytes, bytes] | None = None  # (certificate, key) PEM of the CA issuing the serving cert
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SamplerServiceConfig:
@@ -298,6 +309,17 @@ class SamplerServiceConfig:
                     "must be a comma-separated list of interface names (1-15 characters, no spaces, "
                     f"'/' or ':'), or unset for every interface but lo; got {interfaces_text!r}",
                 )
+        node_ip = value("KPCAP_NODE_IP")
+        if node_ip is not None:
+            try:
+                ipaddress.ip_address(node_ip)
+            except ValueError:
+                raise SamplerEnvError(
+                    "KPCAP_NODE_IP",
+                    f"must be the node's IP address (downward API status.hostIP), got {node_ip!r}",
+                ) from None
+        ca_dir = value("KPCAP_SAMPLER_CA_DIR")
+        ca = None if ca_dir is None else _read_ca(Path(ca_dir))
         return cls(
             node_name=node_name,
             sampler=sampler,
@@ -306,23 +328,56 @@ class SamplerServiceConfig:
             host=host,
             port=port,
             interfaces=interfaces,
+            node_ip=node_ip,
+            ca=ca,
         )
+
+
+def _read_ca(directory: Path) -> tuple[bytes, bytes]:
+    """ca.crt and ca.key of the chart's sampler CA Secret, checked by issuing a throwaway certificate."""
+    try:
+        ca = ((directory / "ca.crt").read_bytes(), (directory / "ca.key").read_bytes())
+        issued_certificate(
+            ca_certificate_pem=ca[0], ca_key_pem=ca[1], common_name="check", dns_names=[], ip_addresses=[]
+        )
+    except (OSError, ValueError, TypeError) as err:
+        raise SamplerEnvError(
+            "KPCAP_SAMPLER_CA_DIR",
+            f"must hold ca.crt and ca.key of a CA that can issue certificates (the chart's Secret "
+            f"<release>-sampler-ca): {err}",
+        ) from None
+    return ca
 
 
 def open_sampler_source(
     config: SamplerServiceConfig, *, geometry: RingGeometry = SAMPLER_RING_GEOMETRY
 ) -> LiveSource:
-    """The live source of the sampler: every frame (empty filter expression: libpcap compiles it
-    to "accept, truncated to the snap length"), on the configured interfaces, each packet once
+    """The live source of the sampler: 1 in ``config.sampler.sample_rate`` frames, sampled in the
+    kernel (each frame kept independently with probability 1/N, before it is queued:
+    ``sample_one_in``), of every kind (empty filter expression: libpcap compiles it to "accept,
+    truncated to the snap length"), on the configured interfaces, each packet once
     (``CopyPolicy.ONE_COPY``, as full captures), in a small kernel ring (:data:`SAMPLER_RING_GEOMETRY`,
-    4 MiB). Opened in the calling thread's network namespace (the node's, with hostNetwork)."""
+    4 MiB). Opened in the calling thread's network namespace (the node's, with hostNetwork).
+
+    Its frames are already sampled: give them to a ring that keeps them all (:func:`ring_config`).
+    """
     return open_live_source(
         filter_expression="",
         interfaces=config.interfaces,
         copy_policy=CopyPolicy.ONE_COPY,
         snaplen=config.sampler.snap_length,
         geometry=geometry,
+        sample_one_in=config.sampler.sample_rate,
     )
+
+
+def ring_config(config: SamplerServiceConfig) -> SamplerConfig:
+    """The :class:`~kpcap_agent.sampler.SampleRing` configuration of the service: the configured
+    snap length, byte budget and retention, but ``sample_rate`` 1, since the source hands over
+    frames already sampled (in the kernel, :func:`open_sampler_source`); sampling them again in the
+    ring would keep 1 in N**2. ``config.sampler.sample_rate`` stays the rate reported
+    (``X-Kpcap-Sample-Rate``, the stats line)."""
+    return dataclasses.replace(config.sampler, sample_rate=1)
 
 
 # --- authorisation --------------------------------------------------------------------------------
@@ -700,7 +755,7 @@ class _Handler(BaseHTTPRequestHandler):
             PCAP_CONTENT_TYPE,
             {
                 "X-Kpcap-Node": service.config.node_name,
-                "X-Kpcap-Sample-Rate": str(ring.config.sample_rate),
+                "X-Kpcap-Sample-Rate": str(service.config.sampler.sample_rate),
                 "X-Kpcap-Held-Records": str(held),
             },
         )
@@ -731,6 +786,11 @@ class SamplerService:
     the threads, :meth:`stop` ends them (the caller closes ``source``). A context manager too.
     When the capture fails (not merely a finite source running out), :attr:`failure` is set and
     :meth:`wait` returns.
+
+    ``source`` hands over frames already sampled (:func:`open_sampler_source` samples in the
+    kernel), so the default ring keeps every frame it is offered (:func:`ring_config`); the rate
+    reported is ``config.sampler.sample_rate``. A test may pass its own ``ring`` (e.g. one with the
+    ring's own deterministic 1-in-N counter, for an unsampled :class:`MemorySource`).
     """
 
     def __init__(
@@ -743,7 +803,7 @@ class SamplerService:
         stats_interval: float = STATS_INTERVAL_SECONDS,
     ) -> None:
         self.config = config
-        self.ring = ring if ring is not None else SampleRing(config.sampler)
+        self.ring = ring if ring is not None else SampleRing(ring_config(config))
         self.source = source
         self.authoriser = authoriser
         self.audience = config.audience
@@ -755,11 +815,23 @@ class SamplerService:
         addresses = ["127.0.0.1", "::1"]
         if not ipaddress.ip_address(config.host).is_unspecified:
             addresses.append(config.host)
-        self.certificate_pem, key_pem = self_signed_certificate(
-            common_name=config.node_name,
-            dns_names=[config.node_name, "localhost"],
-            ip_addresses=sorted(set(addresses)),
-        )
+        if config.node_ip is not None:
+            addresses.append(config.node_ip)
+        if config.ca is None:
+            self.certificate_pem, key_pem = self_signed_certificate(
+                common_name=config.node_name,
+                dns_names=[config.node_name, "localhost"],
+                ip_addresses=sorted(set(addresses)),
+            )
+        else:
+            # The operator verifies this chain against the CA and the node's address (samples.py).
+            self.certificate_pem, key_pem = issued_certificate(
+                ca_certificate_pem=config.ca[0],
+                ca_key_pem=config.ca[1],
+                common_name=config.node_name,
+                dns_names=[config.node_name, "localhost"],
+                ip_addresses=sorted(set(addresses)),
+            )
         self._server = _Server(
             (config.host, config.port), service=self, tls=_tls_context(self.certificate_pem, key_pem)
         )
@@ -828,16 +900,19 @@ class SamplerService:
         stats = self.ring.stats()
         budget = self.ring.config.byte_budget
         drops = self.source.kernel_drops()
+        # The frames reaching the ring are already sampled (1 in N, in the kernel): the ring keeps
+        # every one it is offered (``sampled`` also counts those already past retention).
         log.info(
-            "stats: held %d records, %s of %s budget (%.1f%%); offered %d, sampled %d (1 in %d); "
-            "evicted %d for the budget, %d for retention; kernel drops %d (+%d)",
+            "stats: held %d records, %s of %s budget (%.1f%%); %d frames reached the ring, already "
+            "sampled 1 in %d by the kernel, %d kept; evicted %d for the budget, %d for retention; "
+            "kernel drops %d (+%d)",
             stats.held_records,
             _mib(stats.held_bytes),
             _mib(budget),
             100 * stats.held_bytes / budget,
             stats.offered,
+            self.config.sampler.sample_rate,
             stats.sampled,
-            self.ring.config.sample_rate,
             stats.evicted_for_budget,
             stats.evicted_for_retention,
             drops,

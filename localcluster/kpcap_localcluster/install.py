@@ -7,6 +7,7 @@ RBAC. Used by the chart's end-to-end tests and by the demo (the README's main jo
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import subprocess
@@ -211,6 +212,13 @@ class Samplers:
             "get", "pods", "-n", self.namespace, "-o", "json", "-l", "app.kubernetes.io/component=sampler"
         ).stdout
         return list(json.loads(out)["items"])
+
+    def ca_certificate(self, *, release: str = "kpcap") -> bytes:
+        """The CA certificate the samplers' serving certificates chain to (the chart's Secret)."""
+        out = self.cluster.kubectl(
+            "get", "secret", "-n", self.namespace, f"{release}-sampler-ca", "-o", "jsonpath={.data.ca\\.crt}"
+        ).stdout
+        return base64.b64decode(out)
 
     def answering(self, *, port: int) -> set[str]:
         """Nodes whose sampler answers its health check (HTTPS, self-signed) on the node's address."""

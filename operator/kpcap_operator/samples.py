@@ -8,9 +8,11 @@ TokenReview, and the token is useless against the apiserver itself. Each answer 
 ``packetLimit`` packets (the newest in the window, matching the filter); the answers are merged by
 timestamp and the newest ``packetLimit`` of them kept, so the file never holds more.
 
-The samplers' serving certificates are self-signed and generated at start: the connection is
-encrypted but the sampler is not authenticated (what it could learn is the audience-bound token,
-valid for minutes and only towards other samplers).
+Each sampler makes its serving certificate at start, issued for its node's address by the CA the
+chart generates; the operator verifies it against that CA (``KPCAP_SAMPLER_CA_FILE``), so its token
+only goes to a real sampler. Without a CA file the certificates are self-signed and not verified:
+encrypted, not authenticated (what a man in the middle could learn is the audience-bound token,
+valid for minutes and only towards samplers).
 
 A sampler that does not answer within ``timeout`` (or answers an error) is named; the capture
 succeeds with the others' packets if any answered.
@@ -129,18 +131,42 @@ class SamplerAnswer:
     seconds: float
 
 
-def _unverified_tls() -> ssl.SSLContext:
-    # Self-signed per-pod certificates (module docstring): encrypted, not authenticated.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+class SamplerTls:
+    """The client TLS context for the samplers (see the module docstring).
+
+    With a CA file: certificates must chain to it and name the node's address. The file is read again
+    when it changes (a rotated CA Secret is updated in the mounted volume without a restart); an
+    unreadable file makes ``context()`` raise OSError or ssl.SSLError. Without: encrypted, unverified.
+    """
+
+    def __init__(self, ca_file: str) -> None:
+        self._ca_file = ca_file
+        self._loaded: tuple[float, ssl.SSLContext] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def verifies(self) -> bool:
+        return bool(self._ca_file)
+
+    def context(self) -> ssl.SSLContext:
+        if not self._ca_file:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        with self._lock:
+            changed = Path(self._ca_file).stat().st_mtime
+            if self._loaded is None or self._loaded[0] != changed:
+                self._loaded = (changed, ssl.create_default_context(cafile=self._ca_file))
+            return self._loaded[1]
 
 
-def _ask(*, node: str, address: str, port: int, body: bytes, token: str, timeout: float) -> SamplerAnswer:
+def _ask(
+    *, node: str, address: str, port: int, body: bytes, token: str, timeout: float, tls: ssl.SSLContext
+) -> SamplerAnswer:
     started = time.monotonic()
     host = f"[{address}]" if ":" in address else address
-    connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=_unverified_tls())
+    connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls)
     try:
         connection.request(
             "POST",
@@ -176,8 +202,10 @@ class Samplers:
         list_sampler_pods: Callable[[], list[dict[str, Any]]],
         port: int,
         timeout: float,
+        tls: SamplerTls,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._tls = tls
         self._request_token = request_token
         self._list_pods = list_sampler_pods
         self._port = port
@@ -213,15 +241,20 @@ class Samplers:
             if node not in addresses
         }
         asked = [node for node in targets if node in addresses]
-        token = None
+        token, tls = None, None
         if asked:
             try:
+                tls = self._tls.context()
                 token = self.token()
+            except (OSError, ssl.SSLError) as err:
+                log.warning("cannot verify the samplers: %s", err)
+                reason = f"the operator cannot verify samplers: CA file {err}"
+                answers.update({node: SamplerAnswer(node, None, reason, 0.0) for node in asked})
             except Exception as err:  # the apiserver's refusal or absence: every sampler is then out of reach
                 log.warning("no token for the samplers", exc_info=True)
                 reason = f"the operator could not get its token for the samplers: {err}".splitlines()[0]
                 answers.update({node: SamplerAnswer(node, None, reason, 0.0) for node in asked})
-        if token is not None:
+        if token is not None and tls is not None:
             for node in asked:
                 futures[node] = self._pool.submit(
                     _ask,
@@ -231,6 +264,7 @@ class Samplers:
                     body=body,
                     token=token,
                     timeout=self._timeout,
+                    tls=tls,
                 )
         done, _ = concurrent.futures.wait(futures.values(), timeout=self._timeout)
         for node, future in futures.items():
@@ -264,6 +298,7 @@ def open_sampling(*, settings: OperatorSettings, kube: Kube) -> Sampling:
         list_sampler_pods=partial(kube.list_pods, settings.sampler_selector),
         port=settings.sampler_port,
         timeout=settings.sampler_timeout_seconds,
+        tls=SamplerTls(settings.sampler_ca_file),
     )
     return Sampling(samplers=samplers, store=open_sample_store(settings.sample_store))
 

@@ -46,6 +46,8 @@ class OperatorSettings:
     """Label selector of the sampler pods in the operator's namespace."""
     sampler_port: int = 9444
     sampler_audience: str = "kpcap-sampler"
+    sampler_ca_file: str = ""
+    """The CA that issued the samplers' certificates (the chart's); empty: they are not verified."""
     sampler_timeout_seconds: float = 1.0
     """How long a simple capture waits for the samplers' answers."""
     sample_store: str = "/var/lib/kpcap/samples"
@@ -102,6 +104,7 @@ class OperatorSettings:
             sampler_selector=source.get("KPCAP_SAMPLER_SELECTOR") or "app.kubernetes.io/component=sampler",
             sampler_port=integer("KPCAP_SAMPLER_PORT", 9444, 1, 65535),
             sampler_audience=source.get("KPCAP_SAMPLER_AUDIENCE") or "kpcap-sampler",
+            sampler_ca_file=source.get("KPCAP_SAMPLER_CA_FILE", ""),
             sampler_timeout_seconds=integer("KPCAP_SAMPLER_TIMEOUT_MS", 1000, 100, 60000) / 1000,
             sample_store=source.get("KPCAP_SAMPLE_STORE") or "/var/lib/kpcap/samples",
         )

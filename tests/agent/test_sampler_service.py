@@ -4,6 +4,7 @@ real TokenReviews against the local cluster's apiserver (``e2e``)."""
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from kpcap.tls import self_signed_certificate
 from kpcap_agent.packetsource import Frame, MemorySource
 from kpcap_agent.pcapfile import PcapRecord, iter_pcap_records
 from kpcap_agent.sampler import SamplerConfig
@@ -423,6 +425,56 @@ def test_a_silent_connection_does_not_block_others(memory_service: SamplerServic
         assert request(memory_service, "GET", "/healthz").status == 200
 
 
+def test_with_the_chart_ca_the_serving_certificate_chains_to_it_for_the_node_address(tmp_path: Path) -> None:
+    ca_cert, ca_key = self_signed_certificate(common_name="kpcap-sampler-ca", dns_names=[], ip_addresses=[])
+    (tmp_path / "ca.crt").write_bytes(ca_cert)
+    (tmp_path / "ca.key").write_bytes(ca_key)
+    config = SamplerServiceConfig.from_env(
+        BASE_ENV
+        | {"KPCAP_SAMPLER_CA_DIR": str(tmp_path), "KPCAP_NODE_IP": "127.0.0.1", "KPCAP_SAMPLER_PORT": "1"}
+    )
+    assert config.ca == (ca_cert, ca_key)
+    config = SamplerServiceConfig(
+        node_name="node-1",
+        sampler=config.sampler,
+        client=CLIENT,
+        host="127.0.0.1",
+        port=0,
+        node_ip="127.0.0.1",
+        ca=config.ca,
+    )
+    with SamplerService(
+        config=config, source=MemorySource(frames=[]), authoriser=StaticAuthoriser()
+    ) as service:
+        host, port = service.address
+        verified = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        connection = http.client.HTTPSConnection(host, port, timeout=5, context=verified)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        connection.close()
+        # A sampler whose certificate the CA did not issue is refused by the same client.
+        stranger = SamplerServiceConfig(
+            node_name="node-1", sampler=config.sampler, client=CLIENT, host="127.0.0.1", port=0
+        )
+        with SamplerService(
+            config=stranger, source=MemorySource(frames=[]), authoriser=StaticAuthoriser()
+        ) as other:
+            connection = http.client.HTTPSConnection(*other.address, timeout=5, context=verified)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                connection.request("GET", "/healthz")
+            connection.close()
+
+
+def test_a_bad_ca_dir_is_a_configuration_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(
+        SamplerEnvError, match=r"KPCAP_SAMPLER_CA_DIR: must hold ca\.crt and ca\.key"
+    ) as raised:
+        SamplerServiceConfig.from_env(BASE_ENV | {"KPCAP_SAMPLER_CA_DIR": str(tmp_path)})
+    assert raised.value.variable == "KPCAP_SAMPLER_CA_DIR"
+    with pytest.raises(SamplerEnvError, match="KPCAP_NODE_IP"):
+        SamplerServiceConfig.from_env(BASE_ENV | {"KPCAP_NODE_IP": "node-1"})
+
+
 def test_tokenreview_authoriser_answers_503_when_the_apiserver_is_unreachable() -> None:
     configuration = client.Configuration()
     configuration.host = "https://127.0.0.1:9"  # nothing listens there
@@ -454,22 +506,31 @@ def quiet_link(pair: VethPair) -> None:
             )
 
 
-def test_live_packets_sampled_and_queried_over_https(veth_pair: VethPair, tmp_path: Path) -> None:
+def live_frame(pair: VethPair, index: int) -> bytes:
+    # To an address the receiver does not own: not forwarded (ip_forward is off) and no ICMP error
+    # comes back, so the frames sent are exactly the frames the sampler sees.
+    return bytes(
+        Ether(src=pair.left.mac, dst=pair.right.mac)
+        / IP(src=pair.left.address, dst="198.18.201.77")
+        / UDP(sport=40000, dport=5555 if index % 2 == 0 else 53)
+        / Raw(index.to_bytes(4, "big") + bytes(index % 150))
+    )
+
+
+def frame_index(data: bytes) -> int:
+    return int.from_bytes(data[42:46], "big")  # the marker after the Ethernet, IPv4 and UDP headers
+
+
+def test_live_packets_at_rate_1_all_kept_and_queried_over_https(veth_pair: VethPair, tmp_path: Path) -> None:
+    """Rate 1: the kernel program has no sampling check, and every frame sent is held exactly."""
     quiet_link(veth_pair)
     time.sleep(0.3)
-    rate, snap = 3, 96
-    config = service_config(sample_rate=rate, snap_length=snap)
+    snap = 96
+    config = service_config(sample_rate=1, snap_length=snap)
     source = in_netns(veth_pair.right.netns, lambda: open_sampler_source(config))
 
     def frame(index: int) -> bytes:
-        # To an address the receiver does not own: not forwarded (ip_forward is off) and no ICMP
-        # error comes back, so the frames sent are exactly the frames the sampler sees.
-        return bytes(
-            Ether(src=veth_pair.left.mac, dst=veth_pair.right.mac)
-            / IP(src=veth_pair.left.address, dst="198.18.201.77")
-            / UDP(sport=40000, dport=5555 if index % 2 == 0 else 53)
-            / Raw(index.to_bytes(4, "big") + bytes(index % 150))
-        )
+        return live_frame(veth_pair, index)
 
     try:
         with SamplerService(config=config, source=source, authoriser=StaticAuthoriser()) as service:
@@ -487,33 +548,75 @@ def test_live_packets_sampled_and_queried_over_https(veth_pair: VethPair, tmp_pa
             wait_for(lambda: service.ring.stats().offered >= 180, timeout=10, what="180 frames offered")
             time.sleep(0.3)
             stats = service.ring.stats()
-            assert (stats.offered, stats.sampled, stats.held_records) == (180, 60, 60)
+            assert (stats.offered, stats.sampled, stats.held_records) == (180, 180, 180)
 
             spec = SIMPLE_SPEC | {"filter": {"destinationPort": 5555, "protocol": 17}, "packetLimit": 1000}
             answer = query(service, spec=spec, since_ns=since, until_ns=until)
             assert answer.status == 200, answer.body
-            assert answer.headers["x-kpcap-sample-rate"] == "3"
-            assert answer.headers["x-kpcap-held-records"] == "60"
+            assert answer.headers["x-kpcap-sample-rate"] == "1"
+            assert answer.headers["x-kpcap-held-records"] == "180"
             records = pcap_records(answer.body, tmp_path)
-            # Offered frame i is sampled when i % 3 == 0; port 5555 when i is even: i % 6 == 0.
-            expected = [frame(i) for i in range(30, 150) if i % rate == 0 and i % 2 == 0]
-            assert len(expected) == 20
+            expected = [frame(i) for i in range(30, 150) if i % 2 == 0]  # port 5555 when i is even
+            assert len(expected) == 60
             assert [r.data for r in records] == [f[:snap] for f in expected]
             assert [r.original_length for r in records] == [len(f) for f in expected]
             assert any(len(f) > snap for f in expected)  # truncation was exercised
             assert all(since <= r.timestamp_ns <= until for r in records)
             assert [r.timestamp_ns for r in records] == sorted(r.timestamp_ns for r in records)
 
-            # packetLimit keeps the newest; the whole history with no filter has all 60 sampled.
+            # packetLimit keeps the newest; the whole history with no filter has all 180 frames.
             newest = pcap_records(
                 query(service, spec=spec | {"packetLimit": 5}, since_ns=since, until_ns=until).body, tmp_path
             )
             assert [r.data for r in newest] == [f[:snap] for f in expected[-5:]]
             everything = pcap_records(
-                query(service, spec=SIMPLE_SPEC, since_ns=0, until_ns=2**62).body, tmp_path
+                query(service, spec=SIMPLE_SPEC | {"packetLimit": 1000}, since_ns=0, until_ns=2**62).body,
+                tmp_path,
             )
-            assert [r.data for r in everything] == [frame(i)[:snap] for i in range(0, 180, rate)]
+            assert [r.data for r in everything] == [frame(i)[:snap] for i in range(180)]
             assert service.source.kernel_drops() == 0
+    finally:
+        source.close()
+
+
+def test_live_packets_sampled_in_the_kernel(veth_pair: VethPair, tmp_path: Path) -> None:
+    """Rate N: each frame is kept with probability 1/N in the kernel, so the count sampled out of M
+    is binomial(M, 1/N): within 6 sigma of M/N (a false failure about once in 5e8 runs)."""
+    quiet_link(veth_pair)
+    time.sleep(0.3)
+    rate, snap, count = 10, 64, 20000
+    config = service_config(sample_rate=rate, snap_length=snap, byte_budget=16 << 20)
+    source = in_netns(veth_pair.right.netns, lambda: open_sampler_source(config))
+    frames = [live_frame(veth_pair, i) for i in range(count)]
+    try:
+        with SamplerService(config=config, source=source, authoriser=StaticAuthoriser()) as service:
+            assert service.ring.config.sample_rate == 1  # the ring keeps what the kernel sampled
+            send_frames(netns=veth_pair.left.netns, interface=veth_pair.left.interface, frames=frames)
+            time.sleep(1.0)  # a partly filled ring block is handed over after 50 ms
+            stats = service.ring.stats()
+            mean = count / rate
+            bound = 6 * (count * (1 / rate) * (1 - 1 / rate)) ** 0.5  # 6 sigma = 255 frames
+            assert stats.sampled > 0
+            assert abs(stats.sampled - mean) <= bound, (stats.sampled, mean, bound)
+            assert stats.offered == stats.sampled == stats.held_records
+            assert service.source.kernel_drops() == 0
+
+            answer = query(service, spec=SIMPLE_SPEC | {"packetLimit": 10000}, since_ns=0, until_ns=2**62)
+            assert answer.status == 200, answer.body
+            assert answer.headers["x-kpcap-sample-rate"] == str(rate)  # the configured N
+            assert answer.headers["x-kpcap-held-records"] == str(stats.held_records)
+            records = pcap_records(answer.body, tmp_path)
+            assert len(records) == stats.held_records
+            # Every sampled frame is one that was sent, whole up to the snap length, each at most
+            # once and in the order sent.
+            indexes = [frame_index(r.data) for r in records]
+            assert indexes == sorted(set(indexes))
+            assert all(0 <= i < count for i in indexes)
+            assert [r.data for r in records] == [frames[i][:snap] for i in indexes]
+            assert [r.original_length for r in records] == [len(frames[i]) for i in indexes]
+            # Not every N-th frame (the ring's old counter): the gaps between sampled frames vary.
+            gaps = {b - a for a, b in itertools.pairwise(indexes)}
+            assert len(gaps) > 5
     finally:
         source.close()
 

@@ -88,10 +88,16 @@ CREDENTIALS_SECRET = "kpcap-storage-credentials"
 SAMPLER_VALUES = {"samplingRate": 1, "snapLength": 256, "retention": "1h", "byteBudget": "16Mi"}
 
 
+def sampler_ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "sampler-ca.crt"
+
+
 @pytest.fixture(scope="module")
-def samplers(kpcap_installed: LocalCluster) -> Iterator[Samplers]:
+def samplers(kpcap_installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Samplers]:
     """The chart's sampler DaemonSet (pods on every node), for one test module, then removed."""
     deployed = deploy_samplers(kpcap_installed, namespace=OPERATOR_NAMESPACE, sampler_values=SAMPLER_VALUES)
+    # Where operator processes look for it (KPCAP_SAMPLER_CA_FILE): they verify the samplers.
+    sampler_ca_file(tmp_path_factory).write_bytes(deployed.ca_certificate())
     try:
         yield deployed
     finally:
@@ -169,6 +175,7 @@ def operator_fixture(
             "KPCAP_WEBHOOK_PORT": "9443",
             "KPCAP_METRICS_PORT": str(free_port()),
             "KPCAP_SAMPLE_STORE": str(tmp_path_factory.mktemp("samples")),
+            "KPCAP_SAMPLER_CA_FILE": str(sampler_ca_file(tmp_path_factory)),
             **(extra_env or {}),
         }
         log_path = tmp_path_factory.mktemp("operator") / "operator.log"

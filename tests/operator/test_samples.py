@@ -23,10 +23,11 @@ import pytest
 from kpcap.model import parse_spec
 from kpcap.pcap import MAGIC_NANO, PcapRecords
 from kpcap.storage.directory import DirectoryStore
-from kpcap.tls import self_signed_certificate
+from kpcap.tls import issued_certificate, self_signed_certificate
 from kpcap_operator.samples import (
     SamplerAnswer,
     Samplers,
+    SamplerTls,
     merge_newest,
     open_sample_store,
     sample_window,
@@ -171,16 +172,23 @@ def _slow(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         _reply(200, pcap([]), "application/vnd.tcpdump.pcap")(handler, body)
 
 
+Server = Callable[..., tuple[int, list[Any]]]
+UNVERIFIED = SamplerTls("")
+
+
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[[Behaviour], tuple[int, list[Any]]]]:
-    cert, key = self_signed_certificate(common_name="sampler", dns_names=[], ip_addresses=["127.0.0.1"])
-    (tmp_path / "cert.pem").write_bytes(cert)
-    (tmp_path / "key.pem").write_bytes(key)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+def servers(tmp_path: Path) -> Iterator[Server]:
+    """Start a sampler stand-in: ``start(behaviour, certificate=(chain PEM, key PEM))``."""
     started: list[ThreadingHTTPServer] = []
 
-    def start(behaviour: Behaviour) -> tuple[int, list[Any]]:
+    def start(behaviour: Behaviour, certificate: tuple[bytes, bytes] | None = None) -> tuple[int, list[Any]]:
+        cert, key = certificate or self_signed_certificate(
+            common_name="sampler", dns_names=[], ip_addresses=["127.0.0.1"]
+        )
+        (tmp_path / "cert.pem").write_bytes(cert)
+        (tmp_path / "key.pem").write_bytes(key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
         seen: list[Any] = []
         handler = type("Handler", (_Handler,), {"behaviour": staticmethod(behaviour), "seen": seen})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -197,7 +205,7 @@ def servers(tmp_path: Path) -> Iterator[Callable[[Behaviour], tuple[int, list[An
 
 
 def test_ask_names_every_node_that_did_not_answer_within_the_timeout(
-    servers: Callable[[Behaviour], tuple[int, list[Any]]],
+    servers: Server,
 ) -> None:
     # One port for every node (as in a cluster), so each node gets its own loopback address.
     answer = pcap([(5, b"hello")])
@@ -209,7 +217,13 @@ def test_ask_names_every_node_that_did_not_answer_within_the_timeout(
         return "operator-token", 600.0
 
     def samplers_at(port: int, pods: list[dict[str, Any]]) -> Samplers:
-        return Samplers(request_token=request_token, list_sampler_pods=lambda: pods, port=port, timeout=1.0)
+        return Samplers(
+            request_token=request_token,
+            list_sampler_pods=lambda: pods,
+            port=port,
+            timeout=1.0,
+            tls=UNVERIFIED,
+        )
 
     ok = samplers_at(good_port, [pod("n1", "127.0.0.1")])
     (got,) = ok.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
@@ -252,7 +266,12 @@ def test_token_is_renewed_before_it_expires() -> None:
         return issued[-1], float(seconds)
 
     samplers = Samplers(
-        request_token=request_token, list_sampler_pods=list, port=1, timeout=1.0, clock=lambda: now[0]
+        request_token=request_token,
+        list_sampler_pods=list,
+        port=1,
+        timeout=1.0,
+        tls=UNVERIFIED,
+        clock=lambda: now[0],
     )
     assert samplers.token() == "t0"
     now[0] += 0.79 * 600
@@ -266,9 +285,75 @@ def test_no_token_means_every_asked_node_says_why() -> None:
         raise RuntimeError(f"serviceaccounts/token forbidden ({seconds})")
 
     samplers = Samplers(
-        request_token=refuse, list_sampler_pods=lambda: [pod("n1", "127.0.0.1")], port=1, timeout=1.0
+        request_token=refuse,
+        list_sampler_pods=lambda: [pod("n1", "127.0.0.1")],
+        port=1,
+        timeout=1.0,
+        tls=UNVERIFIED,
     )
     (answer,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
     assert answer.error == (
         "the operator could not get its token for the samplers: serviceaccounts/token forbidden (600)"
     )
+
+
+def test_with_the_ca_only_a_certificate_it_issued_for_that_address_gets_the_token(
+    servers: Server, tmp_path: Path
+) -> None:
+    ca_cert, ca_key = self_signed_certificate(common_name="kpcap-sampler-ca", dns_names=[], ip_addresses=[])
+    (tmp_path / "ca.crt").write_bytes(ca_cert)
+    verified = SamplerTls(str(tmp_path / "ca.crt"))
+    assert verified.verifies
+    answer = pcap([(1, b"x")])
+
+    def ask(certificate: tuple[bytes, bytes]) -> tuple[SamplerAnswer, list[Any]]:
+        port, seen = servers(_reply(200, answer, "application/vnd.tcpdump.pcap"), certificate)
+        samplers = Samplers(
+            request_token=lambda *, seconds: ("operator-token", float(seconds)),
+            list_sampler_pods=lambda: [pod("n1", "127.0.0.1")],
+            port=port,
+            timeout=1.0,
+            tls=verified,
+        )
+        try:
+            (got,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
+        finally:
+            samplers.close()
+        return got, seen
+
+    issued = issued_certificate(
+        ca_certificate_pem=ca_cert,
+        ca_key_pem=ca_key,
+        common_name="n1",
+        dns_names=[],
+        ip_addresses=["127.0.0.1"],
+    )
+    good, seen = ask(issued)
+    assert good.pcap == answer
+    assert len(seen) == 1
+    stranger, seen = ask(self_signed_certificate(common_name="x", dns_names=[], ip_addresses=["127.0.0.1"]))
+    assert "CERTIFICATE_VERIFY_FAILED" in (stranger.error or "")
+    assert seen == [], "the token never reached it"
+    elsewhere = issued_certificate(
+        ca_certificate_pem=ca_cert,
+        ca_key_pem=ca_key,
+        common_name="n2",
+        dns_names=[],
+        ip_addresses=["127.0.0.2"],
+    )
+    wrong_address, seen = ask(elsewhere)
+    assert "IP address mismatch" in (wrong_address.error or "")
+    assert seen == []
+
+
+def test_a_missing_ca_file_names_the_problem_for_each_asked_node(tmp_path: Path) -> None:
+    samplers = Samplers(
+        request_token=lambda *, seconds: ("t", float(seconds)),
+        list_sampler_pods=lambda: [pod("n1", "127.0.0.1")],
+        port=1,
+        timeout=1.0,
+        tls=SamplerTls(str(tmp_path / "absent-ca.crt")),
+    )
+    (answer,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
+    assert answer.error is not None
+    assert answer.error.startswith("the operator cannot verify samplers: CA file [Errno 2] No such file")

@@ -48,6 +48,10 @@ app.kubernetes.io/component: sampler
 {{- printf "%s-sampler" (include "kpcap.fullname" .) -}}
 {{- end -}}
 
+{{- define "kpcap.samplerCaSecret" -}}
+{{- default (printf "%s-sampler-ca" (include "kpcap.fullname" .)) .Values.sampler.tls.caSecret -}}
+{{- end -}}
+
 {{- define "kpcap.webhookService" -}}
 {{- printf "%s-webhook" (include "kpcap.fullname" .) -}}
 {{- end -}}
