@@ -217,11 +217,13 @@ class PodWorker(threading.Thread):
 
     # --- lookups through the API (authorised by the Node authoriser) ---------------------------
 
-    def lookup(self, kind: str, name: str, key: str) -> str | None:
+    def lookup_data(self, kind: str, name: str) -> dict[str, str | bytes] | None:
+        """A Secret's (decoded, as bytes) or ConfigMap's data; None if it does not exist."""
+        data: dict[str, str | bytes]
         try:
             if kind == "Secret":
                 obj = self.api.core.read_namespaced_secret(name, self.namespace)
-                data = {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
+                data = {k: base64.b64decode(v) for k, v in (obj.data or {}).items()}
             else:
                 obj = self.api.core.read_namespaced_config_map(name, self.namespace)
                 data = dict(obj.data or {})
@@ -229,6 +231,14 @@ class PodWorker(threading.Thread):
             if err.status == 404:
                 return None
             raise
+        return data
+
+    def lookup(self, kind: str, name: str, key: str) -> str | None:
+        """One key's value as text (environment variables), or "k=v" lines of all of them for "*"."""
+        found = self.lookup_data(kind, name)
+        if found is None:
+            return None
+        data = {k: v.decode() if isinstance(v, bytes) else v for k, v in found.items()}
         if key == "*":
             return "\n".join(f"{k}={v}" for k, v in data.items())
         return data.get(key)
@@ -306,12 +316,11 @@ class PodWorker(threading.Thread):
         return names
 
     def _key_files(self, kind: str, ref_name: str, src: Json) -> dict[str, str | bytes]:
-        everything = self.lookup(kind, ref_name, "*")
-        if everything is None:
+        data = self.lookup_data(kind, ref_name)
+        if data is None:
             if src.get("optional"):
                 return {}
             raise PodSpecError(f"{kind} {ref_name!r} referenced by a volume was not found")
-        data = dict(line.partition("=")[::2] for line in everything.splitlines())
         items = src.get("items")
         if items:
             return {item["path"]: data[item["key"]] for item in items if item["key"] in data}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -377,12 +378,26 @@ def test_volumes_mount_in_the_container_only(
     core.create_namespaced_config_map(
         namespace, {"metadata": {"name": "settings"}, "data": {"greeting": "hello"}}
     )
+    # Multi-line and binary values (a PEM key, raw bytes) are written byte for byte.
+    pem = "-----BEGIN KEY-----\nAAAA\nBBBB=\n-----END KEY-----\n"
+    raw = bytes(range(256))
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "keys"},
+            "data": {
+                k: base64.b64encode(v).decode() for k, v in {"key.pem": pem.encode(), "raw": raw}.items()
+            },
+        },
+    )
     scratch = local_cluster.state_dir
     marker = f"kpcap-volume-{secrets.token_hex(4)}"
     script = (
         "import pathlib, sys;"
         f"pathlib.Path('{scratch}/{marker}').write_text('private');"
         "print('greeting=' + pathlib.Path('/etc/kpcap-settings/greeting').read_text());"
+        "print('pem=' + repr(pathlib.Path('/etc/kpcap-keys/key.pem').read_text()));"
+        "print('raw=' + pathlib.Path('/etc/kpcap-keys/raw').read_bytes().hex());"
         "print('token=' + str(pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount/token').exists()));"
         "print('READY', flush=True)"
     )
@@ -392,11 +407,13 @@ def test_volumes_mount_in_the_container_only(
         volumeMounts=[
             {"name": "scratch", "mountPath": str(scratch)},
             {"name": "settings", "mountPath": "/etc/kpcap-settings", "readOnly": True},
+            {"name": "keys", "mountPath": "/etc/kpcap-keys", "readOnly": True},
         ],
     )
     pod["spec"]["volumes"] = [
         {"name": "scratch", "emptyDir": {}},
         {"name": "settings", "configMap": {"name": "settings"}},
+        {"name": "keys", "secret": {"secretName": "keys"}},
     ]
     core.create_namespaced_pod(namespace, pod)
     try:
@@ -409,6 +426,8 @@ def test_volumes_mount_in_the_container_only(
         print(local_cluster.pod_logs(namespace=namespace, pod="volumes"))
         raise
     assert "greeting=hello" in logs
+    assert f"pem={pem!r}" in logs
+    assert f"raw={raw.hex()}" in logs
     assert "token=True" in logs
     assert not (scratch / marker).exists(), "the emptyDir, not the host's directory, took the write"
 
