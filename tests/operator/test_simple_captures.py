@@ -22,9 +22,16 @@ from scapy.layers.inet import IP, UDP
 from scapy.utils import PcapReader
 
 from kpcap.model import format_rfc3339
+from kpcap.tls import self_signed_certificate
 from kpcap_localcluster.install import Samplers
 from tests.conftest import wait_for
-from tests.operator.conftest import Captures, RunningOperator, capture_body, operator_fixture
+from tests.operator.conftest import (
+    Captures,
+    RunningOperator,
+    capture_body,
+    operator_fixture,
+    sampler_ca_file,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -219,3 +226,23 @@ def test_deleting_a_simple_capture_deletes_its_pcap(captures: Captures, operator
         "kpcap.io", "v1alpha1", captures.namespace, "packetcaptures", "short-lived"
     )
     wait_for(lambda: not path.exists(), timeout=15, what=f"{path} to be deleted with its capture")
+
+
+def test_the_operator_only_trusts_samplers_its_ca_issued(
+    captures: Captures, operator: RunningOperator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With another CA in KPCAP_SAMPLER_CA_FILE the real samplers' certificates fail verification:
+    the token is never sent, and the capture names why for each node."""
+    ca_file = sampler_ca_file(tmp_path_factory)
+    assert operator.env["KPCAP_SAMPLER_CA_FILE"] == str(ca_file)
+    genuine = ca_file.read_bytes()
+    impostor, _ = self_signed_certificate(common_name="another-ca", dns_names=[], ip_addresses=[])
+    ca_file.write_bytes(impostor)
+    try:
+        status, _ = create_and_time(
+            captures, "untrusted", simple(nodeSelector={"kubernetes.io/hostname": "kpcap-node-1"})
+        )
+    finally:
+        ca_file.write_bytes(genuine)
+    assert status["status"] == "failed"
+    assert "CERTIFICATE_VERIFY_FAILED" in status["nodes"]["kpcap-node-1"]["error"]
