@@ -321,27 +321,22 @@ def test_with_the_ca_only_a_certificate_it_issued_for_that_address_gets_the_toke
             samplers.close()
         return got, seen
 
-    issued = issued_certificate(
-        ca_certificate_pem=ca_cert,
-        ca_key_pem=ca_key,
-        common_name="n1",
-        dns_names=[],
-        ip_addresses=["127.0.0.1"],
-    )
-    good, seen = ask(issued)
+    def issued_for(address: str) -> tuple[bytes, bytes]:
+        return issued_certificate(
+            ca_certificate_pem=ca_cert,
+            ca_key_pem=ca_key,
+            common_name="n",
+            dns_names=[],
+            ip_addresses=[address],
+        )
+
+    good, seen = ask(issued_for("127.0.0.1"))
     assert good.pcap == answer
     assert len(seen) == 1
     stranger, seen = ask(self_signed_certificate(common_name="x", dns_names=[], ip_addresses=["127.0.0.1"]))
     assert "CERTIFICATE_VERIFY_FAILED" in (stranger.error or "")
     assert seen == [], "the token never reached it"
-    elsewhere = issued_certificate(
-        ca_certificate_pem=ca_cert,
-        ca_key_pem=ca_key,
-        common_name="n2",
-        dns_names=[],
-        ip_addresses=["127.0.0.2"],
-    )
-    wrong_address, seen = ask(elsewhere)
+    wrong_address, seen = ask(issued_for("127.0.0.2"))
     assert "IP address mismatch" in (wrong_address.error or "")
     assert seen == []
 
