@@ -259,11 +259,18 @@ def take_sample(
     meta = body["metadata"]
     spec = parse_spec(body.get("spec"), now=None)
     since_ns, until_ns = samples.sample_window(spec=spec, now=now)
-    answers = samples.usable_answers(
-        sampling.samplers.ask(targets=targets, spec=spec, since_ns=since_ns, until_ns=until_ns)
-    )
-    answered = [a for a in answers if a.pcap is not None]
-    silent = [a for a in answers if a.pcap is None]
+    answers = sampling.samplers.ask(targets=targets, spec=spec, since_ns=since_ns, until_ns=until_ns)
+    try:
+        answered = [a for a in answers if a.records is not None]
+        merged = samples.merge_newest(answered, limit=spec.packet_limit) if answered else None
+    finally:
+        for answer in answers:
+            answer.close()
+    # An answer cut short (reset, deadline) keeps the packets it brought, and names its node too.
+    for answer in answered:
+        if answer.cut_short:
+            answer.error = "; ".join(answer.cut_short)
+    silent = [a for a in answers if a.error is not None]
     stamp = format_rfc3339(now)
     admitted_condition = decisions.condition(
         kind="Admitted", ok=True, reason="Admitted", message=admitted.events[0].message, now=now
@@ -276,15 +283,14 @@ def take_sample(
         "submitted": admitted.status["submitted"],
         "started": stamp,
         "targetNodes": targets,
-        "nodesSummary": f"{len(answered)}/{len(targets)}",
+        "nodesSummary": f"{len(answers) - len(silent)}/{len(targets)}",
         "packetsRemaining": 0,
     }
     unanswered = "; ".join(f"{a.node}: {a.error}" for a in silent)
     failure: str | None = None
-    if not answered:
+    if merged is None:
         failure = f"no sampler answered: {unanswered}"
     else:
-        merged = samples.merge_newest(answered, limit=spec.packet_limit)
         key = sampling.store.key(namespace=meta["namespace"], capture_id=capture_id(meta["uid"]))
         try:
             uri = sampling.store.store.put_bytes(
@@ -294,11 +300,8 @@ def take_sample(
             failure = f"the sampled packets could not be stored: {err}"
         else:
             for answer in answered:
-                nodes[answer.node] = {
-                    "phase": NodePhase.DONE.value,
-                    "packets": merged.per_node[answer.node],
-                    "updated": stamp,
-                }
+                entry = nodes.setdefault(answer.node, {"phase": NodePhase.DONE.value, "updated": stamp})
+                entry["packets"] = merged.per_node[answer.node]
             status.update(
                 {
                     "packetsCaptured": merged.packets,
@@ -319,9 +322,8 @@ def take_sample(
             events=[*admitted.events, Event("Warning", "SamplersSilent", failure)],
             finished=CaptureStatus.FAILED,
         )
-    message = (
-        f"{status['packetsCaptured']} sampled packet(s) from {len(answered)} of {len(targets)} node(s)"
-        + (f"; no answer from {unanswered}" if silent else "")
+    message = f"{status['packetsCaptured']} sampled packet(s) from {status['nodesSummary']} node(s)" + (
+        f"; no answer from {unanswered}" if silent else ""
     )
     log.info(
         "simple capture %s/%s: %s (window %s s, answers in %s)",

@@ -6,7 +6,10 @@ N recent packets. For a simple capture the operator POSTs ``{"spec", "sinceNs", 
 own ServiceAccount bound to the samplers' audience (TokenRequest API): the sampler checks it by
 TokenReview, and the token is useless against the apiserver itself. Each answer is a PCAP of at most
 ``packetLimit`` packets (the newest in the window, matching the filter); the answers are merged by
-timestamp and the newest ``packetLimit`` of them kept, so the file never holds more.
+timestamp as they stream in and only the newest ``packetLimit`` are held, so the operator's memory for
+a simple capture is bounded by its packetLimit (times the samplers' snap length), not by the number of
+nodes, and the file never holds more. An answer must start within the timeout and end within twice it;
+one that breaks off keeps the packets it brought and its node is named.
 
 Each sampler makes its serving certificate at start, issued for its node's address by the CA the
 chart generates; the operator verifies it against that CA (``KPCAP_SAMPLER_CA_FILE``), so its token
@@ -24,12 +27,13 @@ import concurrent.futures
 import http.client
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -38,7 +42,7 @@ from typing import Any, Final
 from kpcap.destinations import parse_destination
 from kpcap.errors import SpecInvalid
 from kpcap.model import CaptureSpec, spec_to_dict
-from kpcap.pcap import PcapFormatError, PcapRecords, merged_header, merged_records, record_bytes
+from kpcap.pcap import CHUNK_SIZE, PcapFormatError, PcapRecords, merged_header, merged_records, record_bytes
 from kpcap.storage import ObjectStore, open_store
 from kpcap.storage.directory import DirectoryStore
 from kpcap_operator.kube import Kube
@@ -123,12 +127,22 @@ def sample_window(*, spec: CaptureSpec, now: datetime) -> tuple[int, int]:
     return round(since.timestamp() * _NS), round(until.timestamp() * _NS)
 
 
-@dataclass(frozen=True, slots=True)
+def _nothing() -> None:
+    """Nothing to release."""
+
+
+@dataclass(slots=True)
 class SamplerAnswer:
+    """One node's answer: ``records`` is its PCAP as it arrives (header already read and checked), or
+    None and ``error`` says why. A body that ends early (a reset, the deadline, too large) keeps the
+    records read so far and says why in ``cut_short``. ``close`` releases the connection."""
+
     node: str
-    pcap: bytes | None
+    records: PcapRecords | None
     error: str | None
     seconds: float
+    close: Callable[[], None] = _nothing
+    cut_short: list[str] = field(default_factory=list)
 
 
 class SamplerTls:
@@ -161,9 +175,55 @@ class SamplerTls:
             return self._loaded[1]
 
 
+def _body(
+    response: http.client.HTTPResponse,
+    *,
+    sock: socket.socket | None,
+    answer_cut: list[str],
+    deadline: float,
+    timeout: float,
+) -> Iterator[bytes]:
+    """The answer's body in chunks, ending (and saying why in ``answer_cut``) at the deadline, on a
+    transport error or beyond MAX_ANSWER_BYTES."""
+    received = 0
+    while not response.isclosed():  # closed once the whole body is read
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            answer_cut.append(f"answer not complete within {timeout:g} s")
+            return
+        if sock is not None:
+            sock.settimeout(remaining)  # the response reads from this socket: bounds each read
+        try:
+            chunk = response.read1(CHUNK_SIZE)  # what has arrived, without waiting for a full chunk
+        except TimeoutError:
+            answer_cut.append(f"answer not complete within {timeout:g} s")
+            return
+        except (OSError, http.client.HTTPException) as err:
+            answer_cut.append(f"answer cut short: {err!r}")
+            return
+        if not chunk:
+            if response.length:  # the connection ended before the promised Content-Length
+                answer_cut.append(f"answer cut short: ended {response.length} bytes early")
+            return
+        received += len(chunk)
+        if received > MAX_ANSWER_BYTES:
+            answer_cut.append(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            return
+        yield chunk
+
+
 def _ask(
-    *, node: str, address: str, port: int, body: bytes, token: str, timeout: float, tls: ssl.SSLContext
+    *,
+    node: str,
+    address: str,
+    port: int,
+    body: bytes,
+    token: str,
+    timeout: float,
+    deadline: float,
+    tls: ssl.SSLContext,
 ) -> SamplerAnswer:
+    """Send the query; return once the answer's status and PCAP header are in (the body streams)."""
     started = time.monotonic()
     host = f"[{address}]" if ":" in address else address
     connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls)
@@ -174,22 +234,39 @@ def _ask(
             body=body,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
+        sock = connection.sock  # getresponse() forgets it when the server closes after the answer
         response = connection.getresponse()
-        data = response.read(MAX_ANSWER_BYTES + 1)
-    except (OSError, http.client.HTTPException) as err:
-        return SamplerAnswer(node, None, f"sampler at {address}:{port}: {err or type(err).__name__}", 0.0)
-    finally:
+        if response.status != 200:
+            data = response.read(4096)
+            try:
+                reason = str(json.loads(data)["error"])
+            except (ValueError, KeyError, TypeError):
+                reason = data[:200].decode("utf-8", "replace")
+            connection.close()
+            return SamplerAnswer(
+                node, None, f"sampler answered {response.status}: {reason}", time.monotonic() - started
+            )
+        answer = SamplerAnswer(node, None, None, 0.0, close=connection.close)
+        answer.records = PcapRecords(
+            # The answer must start within the timeout; its body gets as long again to arrive.
+            _body(
+                response,
+                sock=sock,
+                answer_cut=answer.cut_short,
+                deadline=deadline + timeout,
+                timeout=2 * timeout,
+            )
+        )
+    except PcapFormatError as err:
         connection.close()
-    elapsed = time.monotonic() - started
-    if response.status != 200:
-        try:
-            reason = str(json.loads(data)["error"])
-        except (ValueError, KeyError, TypeError):
-            reason = data[:200].decode("utf-8", "replace")
-        return SamplerAnswer(node, None, f"sampler answered {response.status}: {reason}", elapsed)
-    if len(data) > MAX_ANSWER_BYTES:
-        return SamplerAnswer(node, None, f"sampler answered more than {MAX_ANSWER_BYTES} bytes", elapsed)
-    return SamplerAnswer(node, data, None, elapsed)
+        return SamplerAnswer(
+            node, None, f"sampler answered an unreadable PCAP: {err}", time.monotonic() - started
+        )
+    except (OSError, http.client.HTTPException) as err:
+        connection.close()
+        return SamplerAnswer(node, None, f"sampler at {address}:{port}: {err or type(err).__name__}", 0.0)
+    answer.seconds = time.monotonic() - started
+    return answer
 
 
 class Samplers:
@@ -232,6 +309,7 @@ class Samplers:
         self, *, targets: Sequence[str], spec: CaptureSpec, since_ns: int, until_ns: int
     ) -> list[SamplerAnswer]:
         """One answer per target node, in the order given, within ``timeout`` seconds overall."""
+        deadline = time.monotonic() + self._timeout
         addresses = sampler_addresses(self._list_pods())
         body = json.dumps({"spec": spec_to_dict(spec), "sinceNs": since_ns, "untilNs": until_ns}).encode()
         futures: dict[str, concurrent.futures.Future[SamplerAnswer]] = {}
@@ -264,14 +342,16 @@ class Samplers:
                     body=body,
                     token=token,
                     timeout=self._timeout,
+                    deadline=deadline,
                     tls=tls,
                 )
-        done, _ = concurrent.futures.wait(futures.values(), timeout=self._timeout)
+        done, _ = concurrent.futures.wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
         for node, future in futures.items():
             if future in done:
                 answers[node] = future.result()
             else:
-                future.cancel()
+                # Whenever it does answer, its connection is closed unread.
+                future.add_done_callback(lambda late: late.result().close())
                 answers[node] = SamplerAnswer(
                     node, None, f"sampler did not answer within {self._timeout:g} s", self._timeout
                 )
@@ -315,13 +395,10 @@ class MergedSample:
 
 
 def merge_newest(answers: Sequence[SamplerAnswer], *, limit: int) -> MergedSample:
-    """The answers' records merged by timestamp; only the newest ``limit`` are kept.
-
-    Raises PcapFormatError if an answer is not a classic PCAP (that node is then treated as failed by
-    the caller, see ``usable_answers``).
-    """
-    given = [a for a in answers if a.pcap is not None]
-    inputs = [PcapRecords([a.pcap]) for a in given if a.pcap is not None]
+    """The answers' records merged by timestamp as they stream in; only the newest ``limit`` are
+    held, so memory is bounded by the capture's packetLimit, whatever the number of nodes."""
+    given = [a for a in answers if a.records is not None]
+    inputs = [a.records for a in given if a.records is not None]
     header = merged_header([i.header for i in inputs])
     nanosecond = any(i.header.nanosecond for i in inputs)
     newest = deque(merged_records(inputs), maxlen=limit)
@@ -333,18 +410,3 @@ def merge_newest(answers: Sequence[SamplerAnswer], *, limit: int) -> MergedSampl
         packet_bytes += record.captured_length
         chunks.append(record_bytes(record, nanosecond=nanosecond))
     return MergedSample(b"".join(chunks), len(newest), packet_bytes, per_node)
-
-
-def usable_answers(answers: Sequence[SamplerAnswer]) -> list[SamplerAnswer]:
-    """Answers whose body is a readable PCAP; a garbled one becomes that node's error."""
-    return [_checked(answer) for answer in answers]
-
-
-def _checked(answer: SamplerAnswer) -> SamplerAnswer:
-    if answer.pcap is None:
-        return answer
-    try:
-        PcapRecords([answer.pcap])
-    except PcapFormatError as err:
-        return SamplerAnswer(answer.node, None, f"sampler answered an unreadable PCAP: {err}", answer.seconds)
-    return answer

@@ -32,7 +32,6 @@ from kpcap_operator.samples import (
     open_sample_store,
     sample_window,
     sampler_addresses,
-    usable_answers,
 )
 
 SPEC = parse_spec({"type": "simple", "timeLimit": 60, "packetLimit": 3, "filter": {"protocol": 17}}, now=None)
@@ -91,8 +90,8 @@ def test_window_ends_at_offset_time_or_now() -> None:
 
 def test_merge_keeps_the_newest_packet_limit_in_timestamp_order() -> None:
     answers = [
-        SamplerAnswer("n1", pcap([(10, b"a1"), (30, b"a3"), (50, b"a5")]), None, 0.01),
-        SamplerAnswer("n2", pcap([(20, b"b2"), (40, b"b4")]), None, 0.01),
+        SamplerAnswer("n1", PcapRecords([pcap([(10, b"a1"), (30, b"a3"), (50, b"a5")])]), None, 0.01),
+        SamplerAnswer("n2", PcapRecords([pcap([(20, b"b2"), (40, b"b4")])]), None, 0.01),
         SamplerAnswer("n3", None, "sampler did not answer within 1 s", 1.0),
     ]
     merged = merge_newest(answers, limit=3)
@@ -106,18 +105,9 @@ def test_merge_keeps_the_newest_packet_limit_in_timestamp_order() -> None:
 
 
 def test_merge_of_empty_answers_is_a_valid_empty_pcap() -> None:
-    merged = merge_newest([SamplerAnswer("n1", pcap([]), None, 0.0)], limit=10)
+    merged = merge_newest([SamplerAnswer("n1", PcapRecords([pcap([])]), None, 0.0)], limit=10)
     assert merged.packets == 0
     assert list(PcapRecords([merged.pcap])) == []
-
-
-def test_a_garbled_answer_becomes_that_nodes_error() -> None:
-    good = SamplerAnswer("n1", pcap([(1, b"x")]), None, 0.0)
-    bad = SamplerAnswer("n2", b"<html>proxy error</html>" + bytes(10), None, 0.0)
-    checked = usable_answers([good, bad])
-    assert checked[0] is good
-    assert checked[1].pcap is None
-    assert "unreadable PCAP" in (checked[1].error or "")
 
 
 def test_sample_store_is_a_directory_or_a_bucket(tmp_path: Path) -> None:
@@ -227,8 +217,11 @@ def test_ask_names_every_node_that_did_not_answer_within_the_timeout(
 
     ok = samplers_at(good_port, [pod("n1", "127.0.0.1")])
     (got,) = ok.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
-    assert got.pcap == answer
     assert got.error is None
+    assert got.records is not None
+    assert [(r.timestamp_ns, r.data) for r in got.records] == [(5, b"hello")]
+    assert got.cut_short == []
+    got.close()
     (authorization, body) = seen[0]
     assert authorization == "Bearer operator-token"
     assert body == {"spec": json.loads(json.dumps(body["spec"])), "sinceNs": 1, "untilNs": 2}
@@ -331,7 +324,7 @@ def test_with_the_ca_only_a_certificate_it_issued_for_that_address_gets_the_toke
         )
 
     good, seen = ask(issued_for("127.0.0.1"))
-    assert good.pcap == answer
+    assert good.error is None
     assert len(seen) == 1
     stranger, seen = ask(self_signed_certificate(common_name="x", dns_names=[], ip_addresses=["127.0.0.1"]))
     assert "CERTIFICATE_VERIFY_FAILED" in (stranger.error or "")
@@ -352,3 +345,65 @@ def test_a_missing_ca_file_names_the_problem_for_each_asked_node(tmp_path: Path)
     (answer,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
     assert answer.error is not None
     assert answer.error.startswith("the operator cannot verify samplers: CA file [Errno 2] No such file")
+
+
+def _garbled(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    _reply(200, b"<html>proxy error</html>" + bytes(10), "text/html")(handler, body)
+
+
+def _cut(handler: BaseHTTPRequestHandler, _body: dict[str, Any]) -> None:
+    """Two whole records and half of a third, then the connection ends (Content-Length promised more)."""
+    whole = pcap([(1, b"one"), (2, b"two"), (3, b"three")])
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(whole)))
+    handler.end_headers()
+    handler.wfile.write(whole[:-3])
+    handler.wfile.flush()
+    handler.close_connection = True
+
+
+def _trickle(handler: BaseHTTPRequestHandler, _body: dict[str, Any]) -> None:
+    """The header and one record at once, the rest far too slowly."""
+    whole = pcap([(1, b"one"), (2, b"two")])
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(whole)))
+    handler.end_headers()
+    with contextlib.suppress(OSError):
+        handler.wfile.write(whole[: 24 + 16 + 3])
+        handler.wfile.flush()
+        time.sleep(3)
+        handler.wfile.write(whole[24 + 16 + 3 :])
+
+
+def test_answers_that_break_keep_what_arrived_and_say_why(servers: Server) -> None:
+    def ask(behaviour: Behaviour) -> SamplerAnswer:
+        port, _ = servers(behaviour)
+        samplers = Samplers(
+            request_token=lambda *, seconds: ("t", float(seconds)),
+            list_sampler_pods=lambda: [pod("n1", "127.0.0.1")],
+            port=port,
+            timeout=1.0,
+            tls=UNVERIFIED,
+        )
+        (answer,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
+        samplers.close()
+        return answer
+
+    garbled = ask(_garbled)
+    assert garbled.records is None
+    assert (garbled.error or "").startswith("sampler answered an unreadable PCAP: not a classic PCAP")
+
+    cut = ask(_cut)
+    assert cut.records is not None
+    assert [r.data for r in cut.records] == [b"one", b"two"]
+    assert len(cut.cut_short) == 1
+    assert cut.cut_short == ["answer cut short: ended 3 bytes early"]
+    cut.close()
+
+    started = time.monotonic()
+    slow = ask(_trickle)
+    assert slow.records is not None
+    assert [r.data for r in slow.records] == [b"one"]
+    assert time.monotonic() - started < 2.6, "the body has a deadline too (twice the timeout)"
+    assert slow.cut_short == ["answer not complete within 2 s"]
+    slow.close()
