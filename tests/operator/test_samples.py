@@ -166,6 +166,22 @@ Server = Callable[..., tuple[int, list[Any]]]
 UNVERIFIED = SamplerTls("")
 
 
+def ask_node_1(*, port: int, tls: SamplerTls) -> SamplerAnswer:
+    """Ask the sampler of node n1 (on 127.0.0.1:port) with a 1 s timeout."""
+    samplers = Samplers(
+        request_token=lambda *, seconds: ("operator-token", float(seconds)),
+        list_sampler_pods=lambda: [pod("n1", "127.0.0.1")],
+        port=port,
+        timeout=1.0,
+        tls=tls,
+    )
+    try:
+        (answer,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
+    finally:
+        samplers.close()
+    return answer
+
+
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Server]:
     """Start a sampler stand-in: ``start(behaviour, certificate=(chain PEM, key PEM))``."""
@@ -301,18 +317,7 @@ def test_with_the_ca_only_a_certificate_it_issued_for_that_address_gets_the_toke
 
     def ask(certificate: tuple[bytes, bytes]) -> tuple[SamplerAnswer, list[Any]]:
         port, seen = servers(_reply(200, answer, "application/vnd.tcpdump.pcap"), certificate)
-        samplers = Samplers(
-            request_token=lambda *, seconds: ("operator-token", float(seconds)),
-            list_sampler_pods=lambda: [pod("n1", "127.0.0.1")],
-            port=port,
-            timeout=1.0,
-            tls=verified,
-        )
-        try:
-            (got,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
-        finally:
-            samplers.close()
-        return got, seen
+        return ask_node_1(port=port, tls=verified), seen
 
     def issued_for(address: str) -> tuple[bytes, bytes]:
         return issued_certificate(
@@ -335,14 +340,7 @@ def test_with_the_ca_only_a_certificate_it_issued_for_that_address_gets_the_toke
 
 
 def test_a_missing_ca_file_names_the_problem_for_each_asked_node(tmp_path: Path) -> None:
-    samplers = Samplers(
-        request_token=lambda *, seconds: ("t", float(seconds)),
-        list_sampler_pods=lambda: [pod("n1", "127.0.0.1")],
-        port=1,
-        timeout=1.0,
-        tls=SamplerTls(str(tmp_path / "absent-ca.crt")),
-    )
-    (answer,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
+    answer = ask_node_1(port=1, tls=SamplerTls(str(tmp_path / "absent-ca.crt")))
     assert answer.error is not None
     assert answer.error.startswith("the operator cannot verify samplers: CA file [Errno 2] No such file")
 
@@ -378,16 +376,7 @@ def _trickle(handler: BaseHTTPRequestHandler, _body: dict[str, Any]) -> None:
 def test_answers_that_break_keep_what_arrived_and_say_why(servers: Server) -> None:
     def ask(behaviour: Behaviour) -> SamplerAnswer:
         port, _ = servers(behaviour)
-        samplers = Samplers(
-            request_token=lambda *, seconds: ("t", float(seconds)),
-            list_sampler_pods=lambda: [pod("n1", "127.0.0.1")],
-            port=port,
-            timeout=1.0,
-            tls=UNVERIFIED,
-        )
-        (answer,) = samplers.ask(targets=["n1"], spec=SPEC, since_ns=1, until_ns=2)
-        samplers.close()
-        return answer
+        return ask_node_1(port=port, tls=UNVERIFIED)
 
     garbled = ask(_garbled)
     assert garbled.records is None
