@@ -210,6 +210,7 @@ class SamplerServiceConfig:
     interfaces: tuple[str, ...] | None = None  # None: every interface but lo
     node_ip: str | None = None  # also named in the serving certificate (hostNetwork: the node's IP)
     ca: tuple[bytes, bytes] | None = None  # (certificate, key) PEM of the CA issuing the serving cert
+    ca_dir: Path | None = None  # where ``ca`` was read: checked for a rotated CA (refresh_certificate)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SamplerServiceConfig:
@@ -330,6 +331,7 @@ class SamplerServiceConfig:
             interfaces=interfaces,
             node_ip=node_ip,
             ca=ca,
+            ca_dir=None if ca_dir is None else Path(ca_dir),
         )
 
 
@@ -817,24 +819,48 @@ class SamplerService:
             addresses.append(config.host)
         if config.node_ip is not None:
             addresses.append(config.node_ip)
-        if config.ca is None:
-            self.certificate_pem, key_pem = self_signed_certificate(
-                common_name=config.node_name,
-                dns_names=[config.node_name, "localhost"],
-                ip_addresses=sorted(set(addresses)),
-            )
-        else:
-            # The operator verifies this chain against the CA and the node's address (samples.py).
-            self.certificate_pem, key_pem = issued_certificate(
-                ca_certificate_pem=config.ca[0],
-                ca_key_pem=config.ca[1],
-                common_name=config.node_name,
-                dns_names=[config.node_name, "localhost"],
-                ip_addresses=sorted(set(addresses)),
-            )
+        self._addresses = sorted(set(addresses))
+        self._ca = config.ca
+        self.certificate_pem, key_pem = self._issue(config.ca)
         self._server = _Server(
             (config.host, config.port), service=self, tls=_tls_context(self.certificate_pem, key_pem)
         )
+
+    def _issue(self, ca: tuple[bytes, bytes] | None) -> tuple[bytes, bytes]:
+        """A serving certificate for this node's names and addresses: from the CA, else self-signed."""
+        names = [self.config.node_name, "localhost"]
+        if ca is None:
+            return self_signed_certificate(
+                common_name=self.config.node_name, dns_names=names, ip_addresses=self._addresses
+            )
+        # The operator verifies this chain against the CA and the node's address (samples.py).
+        return issued_certificate(
+            ca_certificate_pem=ca[0],
+            ca_key_pem=ca[1],
+            common_name=self.config.node_name,
+            dns_names=names,
+            ip_addresses=self._addresses,
+        )
+
+    def refresh_certificate(self) -> bool:
+        """Issue a new serving certificate if the CA in ``config.ca_dir`` changed (a rotated Secret is
+        updated in the mounted volume); True if it did. Checked with the stats, every minute."""
+        if self.config.ca_dir is None:
+            return False
+        try:
+            ca = _read_ca(self.config.ca_dir)
+        except SamplerEnvError as err:
+            log.warning("keeping the current serving certificate: %s", err)
+            return False
+        if ca == self._ca:
+            return False
+        certificate, key = self._issue(ca)
+        self._server.tls = _tls_context(certificate, key)
+        self._ca, self.certificate_pem = ca, certificate
+        log.info(
+            "the sampler CA in %s changed: new connections get a certificate it issued", self.config.ca_dir
+        )
+        return True
 
     @property
     def address(self) -> tuple[str, int]:
@@ -893,8 +919,9 @@ class SamplerService:
         while not self._stop.wait(self._stats_interval):
             try:
                 self.log_stats()
+                self.refresh_certificate()
             except Exception:
-                log.exception("could not log the stats")
+                log.exception("could not log the stats or check the CA")
 
     def log_stats(self) -> None:
         stats = self.ring.stats()

@@ -442,6 +442,7 @@ def test_with_the_chart_ca_the_serving_certificate_chains_to_it_for_the_node_add
         port=0,
         node_ip="127.0.0.1",
         ca=config.ca,
+        ca_dir=config.ca_dir,
     )
     with SamplerService(
         config=config, source=MemorySource(frames=[]), authoriser=StaticAuthoriser()
@@ -463,6 +464,24 @@ def test_with_the_chart_ca_the_serving_certificate_chains_to_it_for_the_node_add
             with pytest.raises(ssl.SSLCertVerificationError):
                 connection.request("GET", "/healthz")
             connection.close()
+        # The CA Secret rotates (the volume is updated in place): the next check issues a new
+        # certificate; clients of the new CA are served, clients of the old one refuse it.
+        assert not service.refresh_certificate(), "nothing changed yet"
+        (tmp_path / "ca.key").write_bytes(b"half-written")
+        assert not service.refresh_certificate(), "an unreadable CA keeps the current certificate"
+        new_cert, new_key = self_signed_certificate(common_name="rotated-ca", dns_names=[], ip_addresses=[])
+        (tmp_path / "ca.crt").write_bytes(new_cert)
+        (tmp_path / "ca.key").write_bytes(new_key)
+        assert service.refresh_certificate()
+        rotated = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        connection = http.client.HTTPSConnection(host, port, timeout=5, context=rotated)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        connection.close()
+        connection = http.client.HTTPSConnection(host, port, timeout=5, context=verified)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            connection.request("GET", "/healthz")
+        connection.close()
 
 
 def test_a_bad_ca_dir_is_a_configuration_error_naming_it(tmp_path: Path) -> None:
