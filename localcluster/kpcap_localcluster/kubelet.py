@@ -233,15 +233,12 @@ class PodWorker(threading.Thread):
             raise
         return data
 
-    def lookup(self, kind: str, name: str, key: str) -> str | None:
-        """One key's value as text (environment variables), or "k=v" lines of all of them for "*"."""
+    def lookup(self, kind: str, name: str) -> dict[str, str] | None:
+        """The data as text, for environment variables (podspec.ValueLookup)."""
         found = self.lookup_data(kind, name)
         if found is None:
             return None
-        data = {k: v.decode() if isinstance(v, bytes) else v for k, v in found.items()}
-        if key == "*":
-            return "\n".join(f"{k}={v}" for k, v in data.items())
-        return data.get(key)
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in found.items()}
 
     def _write_files(self, target: Path, files: Mapping[str, str | bytes]) -> None:
         target.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,9 @@ DEFAULT_CAPABILITIES = frozenset(
 )
 
 Json = dict[str, Any]
-ValueLookup = Callable[[str, str, str], str | None]  # (kind, name, key) -> value, kind in Secret/ConfigMap
+ValueLookup = Callable[
+    [str, str], Mapping[str, str] | None
+]  # (kind, name) -> its data; kind Secret/ConfigMap
 
 
 class PodSpecError(ValueError):
@@ -123,14 +125,12 @@ def resolve_env(
         for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
             if key in source:
                 ref = source[key]
-                values = lookup(kind, ref["name"], "*")
+                values = lookup(kind, ref["name"])
                 if values is None:
                     if not ref.get("optional"):
                         raise PodSpecError(f"envFrom {kind} {ref['name']!r} not found")
                     continue
-                for line in values.splitlines():
-                    k, _, v = line.partition("=")
-                    env[prefix + k] = v
+                env.update({prefix + k: v for k, v in values.items()})
     for var in container.get("env") or []:
         name = var["name"]
         if "value" in var:
@@ -145,7 +145,8 @@ def resolve_env(
                 if "secretKeyRef" in source
                 else ("ConfigMap", source["configMapKeyRef"])
             )
-            value = lookup(kind, ref["name"], ref["key"])
+            data = lookup(kind, ref["name"])
+            value = None if data is None else data.get(ref["key"])
             if value is None:
                 if ref.get("optional"):
                     continue

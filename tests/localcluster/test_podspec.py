@@ -49,7 +49,11 @@ def test_unknown_image_names_the_known_ones() -> None:
 
 
 def test_env_resolution_order_references_and_lookups() -> None:
-    store = {("Secret", "creds", "key"): "s3cret", ("ConfigMap", "cm", "*"): "A=1\nB=2"}
+    store = {
+        ("Secret", "creds"): {"key": "s3cret"},
+        # A value that spans lines stays whole (a PEM, say).
+        ("ConfigMap", "cm"): {"A": "1", "B": "2", "PEM": "-----BEGIN-----\nA=B\n-----END-----\n"},
+    }
     container = {
         "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
         "env": [
@@ -64,13 +68,14 @@ def test_env_resolution_order_references_and_lookups() -> None:
     env = podspec.resolve_env(
         container=container,
         pod=POD,
-        lookup=lambda k, n, key: store.get((k, n, key)),
+        lookup=lambda k, n: store.get((k, n)),
         base={"PATH": "/bin", "CM_A": "old"},
     )
     assert env == {
         "PATH": "/bin",
         "CM_A": "1",
         "CM_B": "2",
+        "CM_PEM": "-----BEGIN-----\nA=B\n-----END-----\n",
         "NODE": "node-1",
         "POD_IP": "198.18.1.11",
         "APP": "x",
