@@ -68,11 +68,8 @@ class SampleStore:
 
     def key(self, *, namespace: str, capture_id: str) -> str:
         """Derived from the capture's namespace and id only, never from user-written fields."""
-        return (
-            f"{self.prefix}/{namespace}/pcap_{capture_id}.pcap"
-            if self.prefix
-            else (f"{namespace}/pcap_{capture_id}.pcap")
-        )
+        parts = [self.prefix] if self.prefix else []
+        return "/".join([*parts, namespace, f"pcap_{capture_id}.pcap"])
 
 
 def open_sample_store(location: str) -> SampleStore:
@@ -291,10 +288,6 @@ class Samplers:
         self._lock = threading.Lock()
         self._token: tuple[str, float] | None = None  # (token, expiry on clock)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="sampler-query")
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
 
     def token(self) -> str:
         """A token valid for at least a few more minutes (renewed at 80 % of its life)."""
