@@ -288,6 +288,7 @@ def take_sample(
     }
     unanswered = "; ".join(f"{a.node}: {a.error}" for a in silent)
     failure: str | None = None
+    failure_reason = "SamplersSilent"
     if merged is None:
         failure = f"no sampler answered: {unanswered}"
     else:
@@ -297,7 +298,7 @@ def take_sample(
                 key=key, data=merged.pcap, content_type=PCAP_CONTENT_TYPE
             ).uri
         except StorageError as err:
-            failure = f"the sampled packets could not be stored: {err}"
+            failure, failure_reason = f"the sampled packets could not be stored: {err}", "StorageFailed"
         else:
             for answer in answered:
                 entry = nodes.setdefault(answer.node, {"phase": NodePhase.DONE.value, "updated": stamp})
@@ -315,11 +316,11 @@ def take_sample(
         status.update({"status": CaptureStatus.FAILED.value, "errorMessage": failure, "packetsCaptured": 0})
         status["conditions"] = [
             admitted_condition,
-            decisions.condition(kind="Complete", ok=False, reason="SamplersSilent", message=failure, now=now),
+            decisions.condition(kind="Complete", ok=False, reason=failure_reason, message=failure, now=now),
         ]
         return Result(
             status=status,
-            events=[*admitted.events, Event("Warning", "SamplersSilent", failure)],
+            events=[*admitted.events, Event("Warning", failure_reason, failure)],
             finished=CaptureStatus.FAILED,
         )
     message = f"{status['packetsCaptured']} sampled packet(s) from {status['nodesSummary']} node(s)" + (
