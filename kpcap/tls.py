@@ -75,6 +75,25 @@ def self_signed_certificate(
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def load_ca(
+    *, ca_certificate_pem: bytes, ca_key_pem: bytes
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey]:
+    """The CA's certificate and key, checked to belong together.
+
+    Raises ValueError if either cannot be read or they do not belong together, TypeError for a CA
+    key of another kind than RSA or EC.
+    """
+    ca_certificate = x509.load_pem_x509_certificate(ca_certificate_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise TypeError(f"the CA key must be RSA or EC (Helm's genCA makes RSA), got {type(ca_key).__name__}")
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if ca_key.public_key().public_bytes(der, public) != ca_certificate.public_key().public_bytes(der, public):
+        raise ValueError("the CA key does not belong to the CA certificate")
+    return ca_certificate, ca_key
+
+
 def issued_certificate(
     *,
     ca_certificate_pem: bytes,
@@ -86,17 +105,9 @@ def issued_certificate(
 ) -> tuple[bytes, bytes]:
     """(certificate chain PEM: the leaf then the CA, private key PEM) for a new key, signed by the CA.
 
-    Raises ValueError if the CA certificate or key cannot be read or do not belong together,
-    TypeError for a CA key of another kind than RSA or EC.
+    Raises what ``load_ca`` raises for an unusable CA.
     """
-    ca_certificate = x509.load_pem_x509_certificate(ca_certificate_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    if not isinstance(ca_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise TypeError(f"the CA key must be RSA or EC (Helm's genCA makes RSA), got {type(ca_key).__name__}")
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if ca_key.public_key().public_bytes(der, public) != ca_certificate.public_key().public_bytes(der, public):
-        raise ValueError("the CA key does not belong to the CA certificate")
+    ca_certificate, ca_key = load_ca(ca_certificate_pem=ca_certificate_pem, ca_key_pem=ca_key_pem)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _sign(
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),

@@ -80,7 +80,7 @@ from kpcap.errors import SpecInvalid
 from kpcap.filters import compile_matcher
 from kpcap.model import CaptureSpec, CaptureType, filter_to_dict, parse_spec
 from kpcap.pcap import Record, global_header, record_bytes
-from kpcap.tls import issued_certificate, self_signed_certificate
+from kpcap.tls import issued_certificate, load_ca, self_signed_certificate
 from kpcap_agent.packetsource import (
     CopyPolicy,
     LiveSource,
@@ -320,7 +320,7 @@ class SamplerServiceConfig:
                     f"must be the node's IP address (downward API status.hostIP), got {node_ip!r}",
                 ) from None
         ca_dir = value("KPCAP_SAMPLER_CA_DIR")
-        ca = None if ca_dir is None else _read_ca(Path(ca_dir))
+        ca = None if ca_dir is None else _checked_ca(_ca_files(Path(ca_dir)))
         return cls(
             node_name=node_name,
             sampler=sampler,
@@ -335,20 +335,29 @@ class SamplerServiceConfig:
         )
 
 
-def _read_ca(directory: Path) -> tuple[bytes, bytes]:
-    """ca.crt and ca.key of the chart's sampler CA Secret, checked by issuing a throwaway certificate."""
+def _ca_files(directory: Path) -> tuple[bytes, bytes]:
+    """ca.crt and ca.key of the chart's sampler CA Secret, as they are (see ``_checked_ca``)."""
     try:
-        ca = ((directory / "ca.crt").read_bytes(), (directory / "ca.key").read_bytes())
-        issued_certificate(
-            ca_certificate_pem=ca[0], ca_key_pem=ca[1], common_name="check", dns_names=[], ip_addresses=[]
-        )
-    except (OSError, ValueError, TypeError) as err:
-        raise SamplerEnvError(
-            "KPCAP_SAMPLER_CA_DIR",
-            f"must hold ca.crt and ca.key of a CA that can issue certificates (the chart's Secret "
-            f"<release>-sampler-ca): {err}",
-        ) from None
+        return (directory / "ca.crt").read_bytes(), (directory / "ca.key").read_bytes()
+    except OSError as err:
+        raise _ca_error(err) from None
+
+
+def _checked_ca(ca: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """``ca`` if it is a CA that can issue certificates (key and certificate belong together)."""
+    try:
+        load_ca(ca_certificate_pem=ca[0], ca_key_pem=ca[1])
+    except (ValueError, TypeError) as err:
+        raise _ca_error(err) from None
     return ca
+
+
+def _ca_error(err: Exception) -> SamplerEnvError:
+    return SamplerEnvError(
+        "KPCAP_SAMPLER_CA_DIR",
+        f"must hold ca.crt and ca.key of a CA that can issue certificates (the chart's Secret "
+        f"<release>-sampler-ca): {err}",
+    )
 
 
 def open_sampler_source(
@@ -848,11 +857,12 @@ class SamplerService:
         if self.config.ca_dir is None:
             return False
         try:
-            ca = _read_ca(self.config.ca_dir)
+            ca = _ca_files(self.config.ca_dir)
+            if ca == self._ca:
+                return False
+            _checked_ca(ca)
         except SamplerEnvError as err:
             log.warning("keeping the current serving certificate: %s", err)
-            return False
-        if ca == self._ca:
             return False
         certificate, key = self._issue(ca)
         self._server.tls = _tls_context(certificate, key)
