@@ -78,10 +78,15 @@ def record_bytes(record: Record, *, nanosecond: bool) -> bytes:
 
 
 class PcapRecords:
-    """The header and records of one PCAP given as an iterator of byte chunks (of any sizes)."""
+    """The header and records of one PCAP given as an iterator of byte chunks (of any sizes).
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    An input cut short inside a record ends at its last whole record; with ``strict`` that raises
+    PcapFormatError instead (a file this process wrote and closed must be whole).
+    """
+
+    def __init__(self, chunks: Iterable[bytes], *, strict: bool = False) -> None:
         self._chunks = iter(chunks)
+        self._strict = strict
         self._buffer = bytearray()
         self._position = 0
         raw = self._take(GLOBAL_HEADER_SIZE)
@@ -101,16 +106,24 @@ class PcapRecords:
         self._position += size
         return bytes(self._buffer[start : self._position])
 
+    def _cut_short(self, what: str) -> None:
+        if self._strict:
+            raise PcapFormatError(f"truncated record {what}")
+
     def __iter__(self) -> Iterator[Record]:
         order, scale = self.header.byte_order, 1 if self.header.nanosecond else 1000
         while (raw := self._take(RECORD_HEADER_SIZE)) is not None:
             seconds, fraction, captured, original = struct.unpack(f"{order}IIII", raw)
             if captured > MAX_RECORD_SIZE:
+                self._cut_short(f"header (captured length {captured})")
                 return
             data = self._take(captured)
             if data is None:
+                self._cut_short("data")
                 return
             yield Record(seconds * 1_000_000_000 + fraction * scale, captured, original, data)
+        if len(self._buffer) > self._position:
+            self._cut_short("header")
 
 
 def merged_header(headers: Sequence[PcapHeader]) -> bytes:

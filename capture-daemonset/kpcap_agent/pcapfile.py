@@ -22,18 +22,20 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final, Self
 
+from kpcap.pcap import PcapFormatError, PcapRecords, Record
+
 NANOSECOND_MAGIC: Final = 0xA1B23C4D
-MICROSECOND_MAGIC: Final = 0xA1B2C3D4
 LINKTYPE_ETHERNET: Final = 1
 DEFAULT_SNAPLEN: Final = 262144  # tcpdump's default: whole frames, including GRO super-packets
 _VERSION_MAJOR: Final = 2
 _VERSION_MINOR: Final = 4
 _WRITE_BUFFER_BYTES: Final = 1 << 20
+_READ_CHUNK_BYTES: Final = 64 * 1024
 
 _GLOBAL_HEADER: Final = struct.Struct("=IHHiIII")
 _RECORD_HEADER: Final = struct.Struct("=IIII")
@@ -44,10 +46,6 @@ _NANOSECONDS_PER_SECOND: Final = 1_000_000_000
 # What the capture loop hands to :meth:`PcapWriter.write_batch`: a frame as the packet sources
 # produce it (seconds, nanoseconds, data, original length, interface index; the last is not written).
 FrameRecord = tuple[int, int, bytes, int, int]
-
-
-class PcapFormatError(ValueError):
-    """The file is not a classic libpcap file this module can read."""
 
 
 class PcapWriter:
@@ -156,54 +154,13 @@ def _write_to_closed(_data: bytes) -> int:
     raise ValueError("write to a closed pcap file")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PcapRecord:
-    timestamp_ns: int
-    data: bytes
-    original_length: int
+def iter_pcap_records(path: Path) -> Iterator[Record]:
+    """Yield the records of a classic pcap file one at a time (memory flat whatever its size).
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PcapHeader:
-    snaplen: int
-    linktype: int
-    nanosecond_timestamps: bool
-
-
-def read_pcap_header(file: BinaryIO) -> tuple[PcapHeader, str]:
-    """Read the global header; returns it and the struct byte-order prefix of the file."""
-    raw = file.read(GLOBAL_HEADER_LENGTH)
-    if len(raw) != GLOBAL_HEADER_LENGTH:
-        raise PcapFormatError("file is shorter than a pcap global header")
-    for byte_order in ("<", ">"):
-        (magic,) = struct.unpack_from(byte_order + "I", raw)
-        if magic in (NANOSECOND_MAGIC, MICROSECOND_MAGIC):
-            _, _, _, _, _, snaplen, linktype = struct.unpack(byte_order + "IHHiIII", raw)
-            header = PcapHeader(
-                snaplen=snaplen, linktype=linktype, nanosecond_timestamps=magic == NANOSECOND_MAGIC
-            )
-            return header, byte_order
-    raise PcapFormatError(f"not a classic pcap file (magic {raw[:4].hex()}); pcapng is not supported")
-
-
-def iter_pcap_records(path: Path) -> Iterator[PcapRecord]:
-    """Yield the records of a classic pcap file one at a time (memory flat whatever its size)."""
+    Raises PcapFormatError (naming the file) if it is not a classic pcap file or is cut short.
+    """
     with path.open("rb") as file:
-        header, byte_order = read_pcap_header(file)
-        record_header = struct.Struct(byte_order + "IIII")
-        fraction_to_ns = 1 if header.nanosecond_timestamps else 1000
-        while True:
-            raw = file.read(record_header.size)
-            if not raw:
-                return
-            if len(raw) != record_header.size:
-                raise PcapFormatError(f"{path}: truncated record header")
-            seconds, fraction, included_length, original_length = record_header.unpack(raw)
-            data = file.read(included_length)
-            if len(data) != included_length:
-                raise PcapFormatError(f"{path}: truncated record data")
-            yield PcapRecord(
-                timestamp_ns=seconds * _NANOSECONDS_PER_SECOND + fraction * fraction_to_ns,
-                data=data,
-                original_length=original_length,
-            )
+        try:
+            yield from PcapRecords(iter(partial(file.read, _READ_CHUNK_BYTES), b""), strict=True)
+        except PcapFormatError as err:
+            raise PcapFormatError(f"{path}: {err}") from None

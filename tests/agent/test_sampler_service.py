@@ -27,9 +27,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from kpcap.pcap import Record
 from kpcap.tls import self_signed_certificate
 from kpcap_agent.packetsource import Frame, MemorySource
-from kpcap_agent.pcapfile import PcapRecord, iter_pcap_records
+from kpcap_agent.pcapfile import iter_pcap_records
 from kpcap_agent.sampler import SamplerConfig
 from kpcap_agent.sampler_service import (
     MAX_BODY_BYTES,
@@ -239,7 +240,7 @@ def query(
     return request(service, "POST", "/v1/samples", body=body, token=token)
 
 
-def pcap_records(body: bytes, tmp_path: Path) -> list[PcapRecord]:
+def pcap_records(body: bytes, tmp_path: Path) -> list[Record]:
     path = tmp_path / f"answer-{secrets.token_hex(4)}.pcap"
     path.write_bytes(body)
     return list(iter_pcap_records(path))

@@ -101,6 +101,15 @@ def test_a_truncated_file_ends_at_its_last_whole_record() -> None:
     assert records(data[:-2]) == [(1_000_000_000, b"abc")]
 
 
+def test_strict_reading_refuses_a_cut_file_and_reads_a_whole_one() -> None:
+    data = pcap([(1_000_000_000, b"abc"), (2_000_000_000, b"defg")])
+    assert [r.data for r in PcapRecords([data], strict=True)] == [b"abc", b"defg"]
+    with pytest.raises(PcapFormatError, match="truncated record data"):
+        list(PcapRecords([data[:-2]], strict=True))
+    with pytest.raises(PcapFormatError, match="truncated record header"):
+        list(PcapRecords([data[: 24 + 16 + 3 + 5]], strict=True))
+
+
 def test_not_a_pcap_or_mixed_linktypes() -> None:
     with pytest.raises(PcapFormatError, match="not a classic PCAP"):
         PcapRecords([b"\x0a\x0d\x0d\x0a" + bytes(40)])
