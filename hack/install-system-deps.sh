@@ -2,7 +2,7 @@
 # Debian packages the harness, the tests and the build need. Idempotent and quiet when satisfied.
 set -euo pipefail
 PKGS=(golang-go dpkg-dev rsync jq etcd-server golang-github-modern-go-reflect2-dev
-      iproute2 tcpdump tshark netsniff-ng procps psmisc)
+      iproute2 tcpdump tshark netsniff-ng procps psmisc curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
