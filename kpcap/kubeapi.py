@@ -1,0 +1,43 @@
+"""The PacketCapture API's coordinates and the one way every kpcap process gets a Kubernetes client.
+
+Every module that names the kind or its group imports it from here; every process (operator, agent,
+sampler) builds its API client with ``load_api_client`` so in-cluster and kubeconfig credentials
+are found the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+from kubernetes import client, config
+
+GROUP: Final = "kpcap.io"
+VERSION: Final = "v1alpha1"
+PLURAL: Final = "packetcaptures"
+KIND: Final = "PacketCapture"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+
+def load_api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """A timestamp the apiserver or kpcap wrote (RFC 3339, 'Z' or an offset); None for absent/empty."""
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def status_time(moment: datetime | None = None) -> str:
+    """The one form kpcap writes timestamps into objects in: RFC 3339, UTC, whole seconds, 'Z'.
+
+    Whole seconds, as metav1.Time serialises, so every timestamp of an object has the same precision.
+    """
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
