@@ -12,7 +12,6 @@ import base64
 import contextlib
 import json
 import logging
-import socket
 import ssl
 import time
 import urllib.error
@@ -25,6 +24,7 @@ import yaml
 
 from kpcap_localcluster.binaries import ControlPlaneBinaries
 from kpcap_localcluster.pki import ClusterPki, Identity
+from kpcap_localcluster.ports import free_port
 from kpcap_localcluster.processes import ManagedProcess, spawn
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,6 @@ SERVICE_CIDR = "198.19.0.0/16"  # never routed: Service IPs exist only as API ob
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KUBERNETES_SERVICE_IP = "198.19.0.1"
 APISERVER_PORT = 6443
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def write_kubeconfig(*, path: Path, server: str, ca_pem: bytes, identity: Identity) -> Path:

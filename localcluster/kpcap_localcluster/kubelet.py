@@ -36,6 +36,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from kpcap.kubeapi import status_time
 from kpcap_localcluster import podspec
 from kpcap_localcluster.podspec import ContainerPlan, Json, PodSpecError
 from kpcap_localcluster.processes import RUN_MARKER
@@ -47,11 +48,9 @@ HEARTBEAT_SECONDS = 5.0
 KUBELET_VERSION = "v1.20.2-kpcap-process"
 
 
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def now_micro() -> str:
+    # The Lease's renewTime is a MicroTime: the apiserver wants the microseconds (status_time's
+    # whole seconds are for metav1.Time fields).
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -133,7 +132,7 @@ class Container:
         )
         self.spec_path.chmod(0o600)
         with self.log_path.open("ab") as out:
-            out.write(f"--- {now_rfc3339()} starting {self.plan.name}: {list(self.plan.argv)}\n".encode())
+            out.write(f"--- {status_time()} starting {self.plan.name}: {list(self.plan.argv)}\n".encode())
             if self.plan.extra.get("note"):
                 out.write(f"--- note: {self.plan.extra['note']}\n".encode())
             out.flush()
@@ -155,7 +154,7 @@ class Container:
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), RUN_MARKER: run_id},
                 start_new_session=True,
             )
-        self.started_at = now_rfc3339()
+        self.started_at = status_time()
         self.state = {"running": {"startedAt": self.started_at}}
 
     def poll(self) -> int | None:
@@ -168,7 +167,7 @@ class Container:
                     "exitCode": code if code >= 0 else 128 - code,
                     "reason": "Completed" if code == 0 else "Error",
                     "startedAt": self.started_at,
-                    "finishedAt": now_rfc3339(),
+                    "finishedAt": status_time(),
                 }
             }
         return code
@@ -405,7 +404,7 @@ class PodWorker(threading.Thread):
                     self._wait_for_deletion()
                     return
                 delay = min(delay * 2, self.cfg.restart_backoff_max)
-        self.pod["status"]["startTime"] = now_rfc3339()
+        self.pod["status"]["startTime"] = status_time()
         images = {c["name"]: c["image"] for c in [*(spec.get("initContainers") or []), *spec["containers"]]}
         for init in init_plans:
             ctr = self._container(init, images[init.name])
@@ -586,7 +585,7 @@ class PodWorker(threading.Thread):
         )
 
     def _conditions(self, *, ready: bool, initialized: bool) -> list[Json]:
-        now = now_rfc3339()
+        now = status_time()
 
         def cond(kind: str, ok: bool) -> Json:
             return {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": now}
@@ -651,7 +650,7 @@ class Kubelet:
         self.post_node_status()
 
     def post_node_status(self) -> None:
-        now = now_rfc3339()
+        now = status_time()
 
         def cond(kind: str, status: str, reason: str) -> Json:
             return {

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kpcap_localcluster.ports import free_port
 from kpcap_localcluster.processes import ManagedProcess, spawn
 
 # The local servers accept any credentials; these are what the tests, the demo and the agents use.
@@ -61,12 +62,6 @@ class StorageServer:
         )
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_listening(host: str, port: int, proc: ManagedProcess, *, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,7 +76,7 @@ def _wait_listening(host: str, port: int, proc: ManagedProcess, *, timeout: floa
 
 
 def start_s3(*, host: str, log_dir: Path, run_id: str) -> StorageServer:
-    port = _free_port(host)
+    port = free_port(host)
     proc = spawn(
         name="moto-s3",
         argv=[sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
@@ -93,7 +88,7 @@ def start_s3(*, host: str, log_dir: Path, run_id: str) -> StorageServer:
 
 
 def start_gcs(*, host: str, log_dir: Path, run_id: str) -> StorageServer:
-    port = _free_port(host)
+    port = free_port(host)
     proc = spawn(
         name="gcp-storage-emulator",
         argv=[
