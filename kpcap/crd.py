@@ -1,8 +1,8 @@
-"""Loading the PacketCapture CRD (``crds/packetcapture.yaml``) for applying and for tests.
+"""Reading a PacketCapture CRD document (already loaded: the core reads no files here).
 
-The canonical CRD carries CEL rules (``x-kubernetes-validations``, Kubernetes >= 1.25). Older API
-servers (the 1.20 test cluster) do not know that key, so ``load_crd(..., strip_cel=True)`` returns a
-copy without it; the admission webhook enforces the same rules there through ``parse_spec``.
+The canonical CRD carries CEL rules (``x-kubernetes-validations``, Kubernetes >= 1.25): ``without_cel``
+makes the copy older API servers accept, ``openapi_schema`` and ``cel_rules`` read a served version's
+schema and its rules. The test harness loads the repository's file (``kpcap_localcluster.crd``).
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 CEL_KEY = "x-kubernetes-validations"
-CRD_PATH = Path(__file__).resolve().parent.parent / "crds" / "packetcapture.yaml"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,14 +22,6 @@ class CelRule:
     path: str
     rule: str
     message: str
-
-
-def load_crd(path: Path = CRD_PATH, *, strip_cel: bool) -> dict[str, Any]:
-    """The CRD document as a dict; with ``strip_cel`` every ``x-kubernetes-validations`` is removed."""
-    document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(document, dict) or document.get("kind") != "CustomResourceDefinition":
-        raise ValueError(f"{path} is not a CustomResourceDefinition")
-    return without_cel(document) if strip_cel else document
 
 
 def without_cel(crd: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from kpcap.crd import load_crd
 from kpcap_localcluster.binaries import REPO_ROOT, tool
 from kpcap_localcluster.cluster import LocalCluster
+from kpcap_localcluster.crd import load_crd
 from kpcap_localcluster.storage import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 
 CHART = REPO_ROOT / "charts" / "kpcap"

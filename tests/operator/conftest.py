@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kpcap.crd import load_crd
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.controlplane import free_port
+from kpcap_localcluster.crd import load_crd
 from kpcap_localcluster.install import Samplers, deploy_samplers
 from kpcap_localcluster.install import storage_credentials as local_storage_credentials
 from kpcap_localcluster.processes import ManagedProcess, spawn

@@ -1,0 +1,27 @@
+"""The harness's loader of the PacketCapture CRD, read from the repository.
+
+The canonical CRD (``crds/packetcapture.yaml``, copied into the chart) carries CEL rules
+(``x-kubernetes-validations``, Kubernetes >= 1.25). The local cluster's 1.20 apiserver does not know
+that key, so ``load_crd(..., strip_cel=True)`` returns a copy without it; the admission webhook
+enforces the same rules there through ``parse_spec``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kpcap.crd import without_cel
+from kpcap_localcluster.binaries import REPO_ROOT
+
+CRD_PATH = REPO_ROOT / "crds" / "packetcapture.yaml"
+
+
+def load_crd(path: Path = CRD_PATH, *, strip_cel: bool) -> dict[str, Any]:
+    """The CRD document as a dict; with ``strip_cel`` every ``x-kubernetes-validations`` is removed."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or document.get("kind") != "CustomResourceDefinition":
+        raise ValueError(f"{path} is not a CustomResourceDefinition")
+    return without_cel(document) if strip_cel else document
