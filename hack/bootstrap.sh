@@ -13,11 +13,12 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 stamp=".venv/.kpcap-installed"
-want="$(sha256sum constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
+# kpcap and its test harness (a distribution of its own, so kpcap's wheel and images leave it out).
+want="$(sha256sum constraints.txt pyproject.toml localcluster/pyproject.toml | sha256sum | cut -c1-16)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   log "installing Python packages (pinned by constraints.txt)"
   mkdir -p .venv/logs
-  if ! .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' \
+  if ! .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' -e ./localcluster \
       > .venv/logs/pip-install.log 2>&1; then
     tail -40 .venv/logs/pip-install.log >&2
     exit 1
