@@ -17,13 +17,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar, runtime_checkable
 
+from kpcap.pcap import PCAP_MEDIA_TYPE
+
 log = logging.getLogger("kpcap.storage")
 
 T = TypeVar("T")
 
 MiB = 1024 * 1024
 GCS_CHUNK_QUANTUM = 256 * 1024  # a resumable upload's chunk size must be a multiple of this
-PCAP_CONTENT_TYPE = "application/vnd.tcpdump.pcap"
+PCAP_CONTENT_TYPE = PCAP_MEDIA_TYPE  # the storage API's name for it
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
