@@ -1,4 +1,4 @@
-"""Fixtures shared by every test package.
+"""Fixtures shared by every test package (helpers live in ``tests.support``).
 
 The local cluster is session-scoped (it takes ~15 s to start) and only started when an ``e2e``
 test asks for it, so ``pytest -m "not e2e"`` needs neither root nor a cluster. At the end of the
@@ -9,28 +9,14 @@ process is an error.
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 
 from kpcap_localcluster.cluster import LocalCluster, default_nodes, remove_mountpoints_if_idle
-
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+from tests.support.kpcap_install import apply_storage_credentials, install_kpcap_objects
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +62,17 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     wait_for(default_sa_has_token, timeout=30, what=f"default ServiceAccount in {name}")
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def kpcap_installed(local_cluster: LocalCluster) -> LocalCluster:
+    """The CRD (without CEL: the test apiserver is 1.20), the operator namespace, the agent's RBAC."""
+    install_kpcap_objects(local_cluster)
+    return local_cluster
+
+
+@pytest.fixture(scope="session")
+def storage_credentials(kpcap_installed: LocalCluster) -> LocalCluster:
+    """The Secret whose keys the operator passes to capture agents: the local S3/GCS servers' access."""
+    apply_storage_credentials(kpcap_installed)
+    return kpcap_installed

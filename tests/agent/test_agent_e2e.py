@@ -10,19 +10,11 @@ import pytest
 from kubernetes import client
 
 from kpcap_localcluster.cluster import LocalCluster
-from tests.conftest import wait_for
-from tests.operator.conftest import (  # noqa: F401 - kpcap_installed is a fixture used by name
-    AGENT_SA,
-    CREDENTIALS_SECRET,
-    OPERATOR_NAMESPACE,
-    Captures,
-    RunningOperator,
-    capture_body,
-    kpcap_installed,
-    operator_fixture,
-    storage_credentials,
-)
-from tests.pcaps import udp_payloads
+from tests.support.captures import Captures, capture_body
+from tests.support.kpcap_install import AGENT_SA, CREDENTIALS_SECRET, OPERATOR_NAMESPACE
+from tests.support.operator import RunningOperator, operator_fixture
+from tests.support.pcaps import udp_payloads
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +28,7 @@ _agent_operator = operator_fixture(
 
 @pytest.fixture(scope="module")
 def operator(
-    storage_credentials: LocalCluster,  # noqa: F811 - the fixture imported above
+    storage_credentials: LocalCluster,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningOperator]:
     yield from _agent_operator(storage_credentials, tmp_path_factory)

@@ -46,7 +46,7 @@ from kpcap_agent.sampler_service import (
     parse_quantity,
 )
 from tests.agent.netns import VethPair, in_netns, run, send_frames
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 NS = 1_000_000_000
 CLIENT = "system:serviceaccount:kpcap-system:kpcap-operator"

@@ -17,7 +17,7 @@ from kpcap.crd import CEL_KEY, cel_rules, openapi_schema, without_cel
 from kpcap.errors import SpecInvalid
 from kpcap.model import CaptureStatus, NodePhase, parse_spec, spec_to_dict
 from kpcap_localcluster.crd import CRD_PATH, load_crd
-from tests.kpcap.test_model import FULL, INVALID, NOW, SIMPLE, full, simple, without
+from tests.support.spec_cases import FULL, INVALID, NOW, SIMPLE, full, simple, without
 
 SAMPLES = sorted((CRD_PATH.parent / "samples").glob("*.yaml"))
 

@@ -16,7 +16,7 @@ from kubernetes import client
 
 from kpcap_localcluster import network
 from kpcap_localcluster.cluster import LocalCluster, NodeSpec
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from kpcap_operator.decisions import REASON_INVALID
-from tests.conftest import wait_for
-from tests.operator.conftest import Captures, RunningOperator, operator_fixture
-from tests.operator.test_invalid_specs import (
+from tests.support.captures import Captures
+from tests.support.invalid_specs import (
     CASES,
     WEBHOOK_DENIED,
     Case,
@@ -29,6 +28,8 @@ from tests.operator.test_invalid_specs import (
     parse_spec_message,
     simple,
 )
+from tests.support.operator import RunningOperator, operator_fixture
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

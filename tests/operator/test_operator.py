@@ -12,15 +12,10 @@ import pytest
 from kubernetes import client
 
 from kpcap_localcluster.cluster import LocalCluster
-from tests.conftest import wait_for
-from tests.operator.conftest import (
-    OPERATOR_NAMESPACE,
-    Captures,
-    RunningOperator,
-    capture_body,
-    full_spec,
-    operator_fixture,
-)
+from tests.support.captures import Captures, capture_body, full_spec
+from tests.support.kpcap_install import OPERATOR_NAMESPACE
+from tests.support.operator import RunningOperator, operator_fixture
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

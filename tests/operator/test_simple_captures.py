@@ -24,14 +24,10 @@ from scapy.utils import PcapReader
 from kpcap.model import format_rfc3339
 from kpcap.tls import self_signed_certificate
 from kpcap_localcluster.install import Samplers
-from tests.conftest import wait_for
-from tests.operator.conftest import (
-    Captures,
-    RunningOperator,
-    capture_body,
-    operator_fixture,
-    sampler_ca_file,
-)
+from tests.support.captures import Captures, capture_body
+from tests.support.kpcap_install import sampler_ca_file
+from tests.support.operator import RunningOperator, operator_fixture
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

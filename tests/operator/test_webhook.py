@@ -8,17 +8,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.conftest import wait_for
-from tests.operator.conftest import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    Captures,
-    RunningOperator,
-    capture_body,
-    full_spec,
-    operator_fixture,
-)
+from kpcap.kubeapi import GROUP, PLURAL, VERSION
+from tests.support.captures import Captures, capture_body, full_spec
+from tests.support.operator import RunningOperator, operator_fixture
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +28,12 @@ from scapy.utils import PcapNgReader, PcapReader
 
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.install import Samplers
-from tests.conftest import wait_for
-from tests.operator.conftest import (
-    CREDENTIALS_SECRET,
-    OPERATOR_NAMESPACE,
-    Captures,
-    RunningOperator,
-    operator_fixture,
-)
-from tests.pcaps import udp_payloads
+from kpcap_localcluster.ports import free_port
+from tests.support.captures import Captures
+from tests.support.kpcap_install import CREDENTIALS_SECRET, OPERATOR_NAMESPACE
+from tests.support.operator import RunningOperator, operator_fixture
+from tests.support.pcaps import udp_payloads
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,13 +43,7 @@ WRITER_VERBS = ["get", "list", "watch", "create", "patch"]
 READER_VERBS = ["get", "list", "watch"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-API_PORT = _free_port()
+API_PORT = free_port()
 BASE_URL = f"http://127.0.0.1:{API_PORT}/client/v4"
 
 

@@ -1,0 +1,1 @@
+"""Helpers shared by the test packages (conftest.py files hold fixtures only)."""
