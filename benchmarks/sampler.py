@@ -62,14 +62,11 @@ TOKEN = "benchmark-token"  # noqa: S105 -- the benchmark's fixed-token authorise
 def service_main(argv: Sequence[str]) -> None:
     import logging
 
+    from kpcap.envconfig import parse_quantity
     from kpcap_agent.sampler import SamplerConfig
-    from kpcap_agent.sampler_service import (
-        Refused,
-        SamplerService,
-        SamplerServiceConfig,
-        open_sampler_source,
-        parse_quantity,
-    )
+    from kpcap_agent.sampler_auth import Refused
+    from kpcap_agent.sampler_service import SamplerService, open_sampler_source
+    from kpcap_agent.sampler_settings import SamplerServiceConfig
 
     parser = argparse.ArgumentParser(prog="sampler.py service")
     parser.add_argument("--rate", type=int, required=True)
@@ -170,7 +167,7 @@ def main(argv: Sequence[str]) -> int:
     if argv[:1] == ["query"]:
         query_main(argv[1:])
         return 0
-    from kpcap_agent.sampler_service import parse_quantity
+    from kpcap.envconfig import parse_quantity
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

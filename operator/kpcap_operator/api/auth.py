@@ -36,31 +36,22 @@ stop a capture                            ``patch``
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Final
 
 from kubernetes import client
 
+from kpcap.kubeapi import GROUP, PLURAL
+from kpcap.tokenreview import Identity, ReviewUnavailable, TokenRefused, TokenReviewer
 from kpcap_operator.api.mapping import ApiError, ErrorCode
 
-GROUP: Final = "kpcap.io"
-RESOURCE: Final = "packetcaptures"
+RESOURCE: Final = PLURAL
 TOKEN_CACHE_SECONDS: Final = 10.0
 _MAX_TOKEN_LENGTH: Final = 16 * 1024
 
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """An authenticated user, as TokenReview describes them (what SubjectAccessReview needs)."""
-
-    username: str
-    uid: str = ""
-    groups: tuple[str, ...] = ()
-    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+Caller = Identity
+"""An authenticated user, as TokenReview describes them (what SubjectAccessReview needs)."""
 
 
 def unauthenticated(detail: str) -> ApiError:
@@ -91,41 +82,25 @@ def forbidden(caller: Caller, *, verb: str, namespace: str, reason: str = "") ->
 
 
 class Authorizer:
-    """TokenReview and SubjectAccessReview through the operator's API client (blocking calls)."""
+    """TokenReview (kpcap.tokenreview) and SubjectAccessReview through the operator's API client
+    (blocking calls)."""
 
     def __init__(self, api: client.ApiClient, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._authn = client.AuthenticationV1Api(api)
+        self._authn = TokenReviewer(api_client=api, cache_seconds=TOKEN_CACHE_SECONDS, clock=clock)
         self._authz = client.AuthorizationV1Api(api)
-        self._clock = clock
-        self._cache: dict[str, tuple[float, Caller]] = {}
-        self._lock = threading.Lock()
 
     def authenticate(self, token: str) -> Caller:
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        now = self._clock()
-        with self._lock:
-            cached = self._cache.get(digest)
-            if cached is not None and cached[0] > now:
-                return cached[1]
-        review = self._authn.create_token_review(
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
-        )
-        status = review.status
-        if status is None or not status.authenticated or status.user is None:
-            error = (status.error if status is not None else None) or "the token was not accepted"
-            raise unauthenticated(f"invalid or expired token ({error})")
-        user = status.user
-        caller = Caller(
-            username=str(user.username or ""),
-            uid=str(user.uid or ""),
-            groups=tuple(user.groups or ()),
-            extra={str(k): tuple(v or ()) for k, v in (user.extra or {}).items()},
-        )
-        with self._lock:
-            if len(self._cache) > 1024:
-                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-            self._cache[digest] = (now + TOKEN_CACHE_SECONDS, caller)
-        return caller
+        try:
+            return self._authn.authenticate(token)
+        except TokenRefused as refused:
+            raise unauthenticated(
+                f"invalid or expired token ({refused.reason or 'the token was not accepted'})"
+            ) from None
+        except ReviewUnavailable as unavailable:
+            what = f"{unavailable.status} {unavailable.reason}" if unavailable.status else str(unavailable)
+            raise ApiError.one(
+                503, ErrorCode.BACKEND_UNAVAILABLE, f"the Kubernetes API failed: {what}"
+            ) from None
 
     def authorize(self, caller: Caller, *, verb: str, namespace: str) -> None:
         body: dict[str, Any] = {
