@@ -76,9 +76,9 @@ def engine_main(argv: Sequence[str]) -> None:
     limit, on SIGTERM, or once told ``drain`` on stdin and no packet arrived for 0.5 s.
     """
     from kpcap.filters import bpf_expression, compile_matcher
+    from kpcap.pcap import PcapWriter
+    from kpcap_agent.afpacket import open_live_source
     from kpcap_agent.capture import CaptureLimits, run_capture
-    from kpcap_agent.packetsource import open_live_source
-    from kpcap_agent.pcapfile import PcapWriter
 
     parser = argparse.ArgumentParser(prog="capture.py engine")
     parser.add_argument("--pcap", type=Path, required=True)
@@ -208,7 +208,7 @@ class Tcpdump:
     def finish(self) -> tuple[int, int | None, float, float]:
         """Stop it (SIGINT, as ^C); returns the packets in its file, its kernel drops and the
         packets' average and peak (10 ms) arrival rates, from the timestamps in its file."""
-        from kpcap_agent.pcapfile import iter_pcap_records
+        from kpcap.pcap import iter_pcap_records
 
         self.process.send_signal(signal.SIGINT)
         _, stderr = self.process.communicate(timeout=60)

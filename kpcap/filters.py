@@ -41,7 +41,8 @@ from kpcap.model import CaptureFilter, IPAddress
 
 ETHERTYPE_IPV4: Final = 0x0800
 ETHERTYPE_IPV6: Final = 0x86DD
-VLAN_TPIDS: Final = frozenset({0x8100, 0x88A8, 0x9100})  # the TPIDs libpcap's `vlan` accepts
+TPID_8021Q: Final = 0x8100
+VLAN_TPIDS: Final = frozenset({TPID_8021Q, 0x88A8, 0x9100})  # the TPIDs libpcap's `vlan` accepts
 VLAN_TAG_LENGTH: Final = 4
 MAX_VLAN_TAGS: Final = 2
 ETHERNET_HEADER_LENGTH: Final = 14

@@ -24,13 +24,12 @@ import enum
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Protocol
 
-from kpcap_agent.packetsource import PacketSource, SourceExhausted
-from kpcap_agent.pcapfile import FrameRecord
+from kpcap.pcap import RecordSink, RecordTuple
+from kpcap_agent.sources import PacketSource, SourceExhausted
 
 DEFAULT_POLL_INTERVAL = 0.2
 _data_of = itemgetter(2)  # a frame's data (seconds, nanoseconds, data, original length, interface)
@@ -70,24 +69,10 @@ class CaptureResult:
     duration_seconds: float
 
 
-class FrameWriter(Protocol):
-    """What run_capture needs from a writer; kpcap_agent.pcapfile.PcapWriter is one.
-
-    ``write_batch(frames)`` appends one record per frame (seconds, nanoseconds, data, original
-    length, interface index), storing at most ``snaplen`` bytes of each frame's data, and returns
-    how many packet-data bytes it stored.
-    """
-
-    @property
-    def snaplen(self) -> int: ...
-
-    def write_batch(self, frames: Iterable[FrameRecord], /) -> int: ...
-
-
 def run_capture(
     *,
     source: PacketSource,
-    writer: FrameWriter,
+    writer: RecordSink,
     limits: CaptureLimits,
     accept: Callable[[bytes], bool],
     stop_event: threading.Event,
@@ -141,7 +126,7 @@ def run_capture(
             continue
         # Otherwise frame by frame, exactly: the verdicts are kept, but a frame after the limit is
         # neither written nor counted as rejected.
-        accepted: list[FrameRecord] = []
+        accepted: list[RecordTuple] = []
         keep = accepted.append
         for frame, verdict, length in zip(frames, verdicts, sizes, strict=True):
             if not verdict:

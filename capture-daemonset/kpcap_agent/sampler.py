@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from kpcap_agent.pcapfile import FrameRecord
+from kpcap.pcap import RecordTuple
 
 RECORD_OVERHEAD_BYTES: Final = 192
 MIN_SNAP_LENGTH: Final = 64
@@ -110,7 +110,12 @@ class SamplerConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SampledPacket:
-    """One held record: capture timestamp, the frame's original length and its first bytes."""
+    """One held record: capture timestamp, the frame's original length and its first bytes.
+
+    The ring's compact form of a :class:`kpcap.pcap.Record` (one timestamp, no interface index):
+    about 60 bytes less per held record than a Record, which the byte budget counts
+    (:data:`RECORD_OVERHEAD_BYTES`). The encoders take it as a :class:`kpcap.pcap.TimedPacket`.
+    """
 
     timestamp_ns: int
     original_length: int
@@ -182,11 +187,11 @@ class SampleRing:
                 timestamp_ns, frame, len(frame) if original_length is None else original_length, cutoff
             )
 
-    def offer_batch(self, frames: Sequence[FrameRecord]) -> int:
+    def offer_batch(self, frames: Sequence[RecordTuple]) -> int:
         """Offer frames as the packet sources hand them over; returns how many were stored.
 
         Each frame is ``(seconds, nanoseconds, data, original_length, interface_index)`` (a
-        :class:`kpcap_agent.packetsource.Frame` or the live source's plain tuple). Same numbering
+        :class:`kpcap.pcap.Record` or the live source's plain tuple). Same numbering
         and same result as offering them one by one with :meth:`offer`, except that the clock is
         read once for the whole batch. The frames to keep are picked by slicing (``frames[first::N]``),
         so unsampled frames are never looked at: a malformed one (negative timestamp, original length

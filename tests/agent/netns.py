@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kpcap.pcap import PcapWriter
+from kpcap_agent.afpacket import open_live_source
 from kpcap_agent.capture import CaptureLimits, CaptureResult, run_capture
-from kpcap_agent.packetsource import CopyPolicy, open_live_source
-from kpcap_agent.pcapfile import PcapWriter
+from kpcap_agent.copies import CopyPolicy
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000

@@ -18,9 +18,9 @@ from scapy.utils import rdpcap
 
 from kpcap.filters import bpf_expression, compile_matcher, matches
 from kpcap.model import CaptureFilter
+from kpcap.pcap import GLOBAL_HEADER_SIZE, RECORD_HEADER_SIZE, iter_pcap_records
 from kpcap_agent.capture import CaptureLimits, StopReason
-from kpcap_agent.packetsource import CopyPolicy
-from kpcap_agent.pcapfile import GLOBAL_HEADER_LENGTH, RECORD_HEADER_LENGTH, iter_pcap_records
+from kpcap_agent.copies import CopyPolicy
 from tests.agent.netns import (
     NetnsThread,
     Routed,
@@ -163,7 +163,7 @@ def test_byte_limit_within_one_packet(veth_pair: VethPair, tmp_path: Path) -> No
     assert result.reason is StopReason.BYTE_LIMIT
     assert result.bytes <= byte_limit < result.bytes + len(frames[result.packets])
     assert [record.data for record in iter_pcap_records(path)] == frames[: result.packets]
-    assert path.stat().st_size == GLOBAL_HEADER_LENGTH + RECORD_HEADER_LENGTH * result.packets + result.bytes
+    assert path.stat().st_size == GLOBAL_HEADER_SIZE + RECORD_HEADER_SIZE * result.packets + result.bytes
 
 
 def test_time_limit_without_traffic(veth_pair: VethPair, tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ from scapy.packet import Raw
 
 from kpcap.filters import compile_matcher
 from kpcap.model import CaptureFilter
-from kpcap_agent.packetsource import Frame
-from kpcap_agent.pcapfile import FrameRecord, PcapWriter, iter_pcap_records
+from kpcap.pcap import PcapWriter, Record, RecordTuple, iter_pcap_records
 from kpcap_agent.sampler import (
     MAX_ORIGINAL_LENGTH,
     MAX_SNAP_LENGTH,
@@ -344,7 +343,7 @@ def test_original_length_shorter_than_the_data_or_beyond_32_bits_is_refused(orig
     assert sampler.stats().offered == 0
 
 
-def record(index: int, *, length: int = 70, original_length: int | None = None) -> FrameRecord:
+def record(index: int, *, length: int = 70, original_length: int | None = None) -> RecordTuple:
     """A frame as the live source builds it: a plain tuple, timestamps split as in the kernel."""
     seconds, nanoseconds = divmod(T0 * NS + index * 1000, NS)
     data = index.to_bytes(4, "big") * (length // 4 + 1)
@@ -408,8 +407,8 @@ def test_offer_batch_picks_every_nth_across_batch_boundaries() -> None:
 def test_offer_batch_takes_frames_and_keeps_original_lengths_and_truncates() -> None:
     sampler = ring(snap_length=64)
     frames = [
-        Frame.at(timestamp_ns=T0 * NS + 5, data=b"a" * 64, original_length=1500),
-        Frame.at(timestamp_ns=T0 * NS + 6, data=b"b" * 200),
+        Record.at(timestamp_ns=T0 * NS + 5, data=b"a" * 64, original_length=1500),
+        Record.at(timestamp_ns=T0 * NS + 6, data=b"b" * 200),
     ]
     assert sampler.offer_batch(frames) == 2
     held, _ = held_and_stats(sampler)
@@ -451,7 +450,7 @@ def test_offer_batch_expires_by_retention_like_offer() -> None:
     clock = FakeClock(T0 + 100)
     config = SamplerConfig(sample_rate=1, snap_length=64, byte_budget=1 << 20, retention_seconds=60)
     sampler = SampleRing(config, clock=clock)
-    frames = [Frame.at(timestamp_ns=(T0 + second) * NS, data=b"r" * 64) for second in (10, 30, 90)]
+    frames = [Record.at(timestamp_ns=(T0 + second) * NS, data=b"r" * 64) for second in (10, 30, 90)]
     assert sampler.offer_batch(frames) == 1  # T0+10 and T0+30 are older than 60 s at T0+100
     stats = sampler.stats()
     assert (stats.sampled, stats.held_records, stats.evicted_for_retention) == (3, 1, 2)

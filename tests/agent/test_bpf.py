@@ -1,5 +1,6 @@
-"""The classic BPF program the live source attaches, read back from the kernel (``SO_GET_FILTER``):
-unchanged without sampling, and with the four sampling instructions in front when sampling (root)."""
+"""The classic BPF programs (kpcap_agent.bpf): the interface check's shape, and the program the live
+source attaches read back from the kernel (``SO_GET_FILTER``): unchanged without sampling, and with
+the four sampling instructions in front when sampling (root)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,8 @@ import struct
 
 import pytest
 
-from kpcap_agent.packetsource import (
-    MAX_SAMPLE_ONE_IN,
-    LiveSource,
-    compile_bpf,
-    interface_check,
-    live_program,
-    open_live_source,
-)
+from kpcap_agent.afpacket import LiveSource, open_live_source
+from kpcap_agent.bpf import MAX_SAMPLE_ONE_IN, compile_bpf, interface_check, live_program
 from tests.agent.netns import VethPair, in_netns
 
 UDP_5555 = "udp and dst port 5555"
@@ -41,7 +36,7 @@ def attached_program(source: LiveSource) -> Program:
 
 
 def sampling_instructions(one_in: int) -> Program:
-    # Spelled out from linux/filter.h and linux/bpf_common.h, independently of packetsource's names.
+    # Spelled out from linux/filter.h and linux/bpf_common.h, independently of kpcap_agent.bpf's names.
     return [
         (0x00 | 0x00 | 0x20, 0, 0, (-0x1000 + 56) & 0xFFFFFFFF),  # ld [SKF_AD_OFF + SKF_AD_RANDOM]
         (0x04 | 0x90 | 0x00, 0, 0, one_in),  # mod #N  (BPF_ALU | BPF_MOD | BPF_K)
@@ -67,6 +62,22 @@ def open_and_read(pair: VethPair, *, named: bool, **sampling: int) -> tuple[Prog
         return attached, before, built
 
     return in_netns(pair.right.netns, inside)
+
+
+def test_interface_check_prefix_shapes() -> None:
+    assert interface_check(only=None, excluded=()) == []
+    assert interface_check(only=None, excluded=[1]) == [
+        (0x20, 0, 0, 0xFFFFF008),
+        (0x15, 1, 0, 1),
+        (0x05, 0, 0, 1),
+        (0x06, 0, 0, 0),
+    ]
+    assert interface_check(only=[5, 9], excluded=[1]) == [
+        (0x20, 0, 0, 0xFFFFF008),
+        (0x15, 2, 0, 5),
+        (0x15, 1, 0, 9),
+        (0x06, 0, 0, 0),
+    ]
 
 
 @pytest.mark.parametrize("named", [True, False], ids=["named-interface", "all-but-lo"])

@@ -1,0 +1,345 @@
+"""The live packet source: an AF_PACKET socket with a TPACKET_V3 ring, in the kernel's order.
+
+:func:`open_live_source` opens it in the order that makes it safe:
+
+1. ``socket(AF_PACKET, SOCK_RAW, 0)``: protocol 0 registers no packet hook, so nothing is queued yet;
+2. ``PACKET_VERSION = TPACKET_V3``;
+3. ``SO_ATTACH_FILTER`` with the classic BPF program :func:`kpcap_agent.bpf.live_program` builds
+   (sampling check, interface check, the caller's compiled expression), then ``SO_LOCK_FILTER`` so
+   the filter can no longer be removed or replaced;
+4. ``PACKET_RX_RING`` (TPACKET_V3 blocks) mapped with mmap, and a drain of anything queued (nothing
+   is expected: belt and braces);
+5. only then ``bind`` to ``ETH_P_ALL``, so no frame that fails the filter is ever queued.
+
+Why a TPACKET_V3 ring rather than ``recvmsg``: measured here, a Python ``recvmsg`` loop drains
+about 60k small frames/s (one syscall and one ``SIOCGIFNAME`` ioctl per frame, made by CPython to
+build the address), while the ring hands over a whole block of frames per wake-up with no syscall
+per frame, which keeps up with tcpdump (which uses the same ring). The ring is the socket's buffer:
+:class:`RingGeometry` (default 64 blocks of 1 MiB) absorbs bursts of about 460k small (60-byte) or
+43k large (1442-byte) frames. 64 MiB rather than tcpdump's 32: a Python loop loses the CPU to the
+traffic's own softirq work more easily than tcpdump, and needs the deeper buffer to ride out bursts
+(measured in benchmarks/capture.py). The ring is mapped, so it counts in the RSS (~125 MB in all).
+
+Interfaces. Default: every interface of the current network namespace except loopback, including
+interfaces created during the capture (pods' veths come and go), with one socket bound to all of
+them; the interface selection is done by the kernel filter, before queueing. Or a list of named
+interfaces. Copies of a packet seen on several of them: :mod:`kpcap_agent.copies`.
+
+VLAN. The kernel strips the 802.1Q/802.1ad tag of received frames into metadata
+(``tp_vlan_tci``/``tp_vlan_tpid``) before the packet taps run; the live source puts the tag back
+into the frame, so the pcap shows the tagged frame as it was on the wire. What that means for the
+kernel filter: :mod:`kpcap_agent.bpf`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import select
+import socket
+import struct
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from kpcap.filters import TPID_8021Q, VLAN_TAG_LENGTH
+from kpcap.pcap import DEFAULT_SNAPLEN, RecordTuple
+from kpcap_agent.bpf import Instruction, live_program, sampling_check
+from kpcap_agent.copies import CopyFilter, CopyPolicy
+
+# Linux ABI constants (linux/if_packet.h, asm-generic/socket.h, linux/filter.h).
+SOL_PACKET: Final = 263
+ETH_P_ALL: Final = 0x0003
+PACKET_RX_RING: Final = 5
+PACKET_STATISTICS: Final = 6
+PACKET_VERSION: Final = 10
+TPACKET_V3: Final = 2
+SO_ATTACH_FILTER: Final = 26
+SO_LOCK_FILTER: Final = 44
+TP_STATUS_KERNEL: Final = 0
+TP_STATUS_USER: Final = 1
+TP_STATUS_VLAN_VALID: Final = 0x10
+TP_STATUS_VLAN_TPID_VALID: Final = 0x40
+
+_TPACKET_REQ3: Final = struct.Struct("=7I")
+_TPACKET_STATS_V3: Final = struct.Struct("=3I")
+_BLOCK_STATUS_OFFSET: Final = 8
+_BLOCK_HEADER: Final = struct.Struct("=4x4xIII")  # block status, frame count, offset of the first frame
+# Fields read from a frame: the 48-byte tpacket3_hdr, then the sockaddr_ll after it. In order:
+# next offset, seconds, nanoseconds, snaplen, len, status, mac offset, vlan tci, vlan tpid, ifindex
+# (skipped: net offset, rxhash, padding, sll family and protocol).
+_FRAME_HEADER: Final = struct.Struct("=6IH2x4xIH10x4xi")
+_VLAN_TAG: Final = struct.Struct("!HH")
+# The live source's copy check while a single interface has been seen (see LiveSource).
+_NO_INTERFACE_YET: Final = -1
+_CHECK_EVERY_FRAME: Final = -2
+_COPY_REPLAY_BYTES: Final = 4 << 20
+
+
+def _attach_filter(sock: socket.socket, instructions: Sequence[Instruction]) -> None:
+    code = b"".join(struct.pack("=HBBI", *instruction) for instruction in instructions)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    program = struct.pack("@HP", len(instructions), ctypes.addressof(buffer))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
+    sock.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
+
+
+def _bind_all_protocols(sock: socket.socket, *, interface_index: int) -> None:
+    # CPython's AF_PACKET bind needs an interface name; ifindex 0 (every interface) needs libc.
+    libc = ctypes.CDLL(None, use_errno=True)
+    address = struct.pack(
+        "=HHiHBB8s", socket.AF_PACKET, socket.htons(ETH_P_ALL), interface_index, 0, 0, 0, b""
+    )
+    if libc.bind(sock.fileno(), ctypes.c_char_p(address), len(address)) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"bind AF_PACKET to ifindex {interface_index}: {os.strerror(error)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RingGeometry:
+    block_bytes: int = 1 << 20
+    block_count: int = 64
+    block_timeout_ms: int = 20  # a partly filled block is handed over after this long
+
+    def __post_init__(self) -> None:
+        if self.block_bytes % mmap.PAGESIZE or self.block_bytes & (self.block_bytes - 1):
+            raise ValueError("block_bytes must be a power of two multiple of the page size")
+        if self.block_count < 2:
+            raise ValueError("block_count must be at least 2")
+
+
+class LiveSource:
+    """TPACKET_V3 AF_PACKET ring source; see the module docstring. Open it with open_live_source.
+
+    :meth:`next_frames` hands over one ring block per call (up to thousands of frames), as plain
+    tuples shaped like :class:`~kpcap.pcap.Record`: this is the per-packet path, kept to one
+    ``struct`` unpack, one slice and one tuple per frame.
+
+    The copy check (``CopyPolicy.ONE_COPY``) costs more than all the rest, and only ever matters
+    once frames come from a second interface. Until then it is dormant: the frames of the last few
+    blocks (up to ``_COPY_REPLAY_BYTES`` of them) are kept aside, and when a frame from another
+    interface shows up they are replayed into the :class:`CopyFilter` (which then knows exactly
+    what it would have known, unless more than that much traffic passed within its window) before
+    that frame is checked; from then on every frame is checked.
+    """
+
+    def __init__(
+        self,
+        *,
+        sock: socket.socket,
+        ring: mmap.mmap,
+        geometry: RingGeometry,
+        interface_names: tuple[str, ...],
+        copy_filter: CopyFilter | None,
+    ) -> None:
+        self._socket = sock
+        self._ring = ring
+        self._geometry = geometry
+        self._interface_names = interface_names
+        self._copy_filter = copy_filter
+        self._block_index = 0
+        self._drops = 0
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
+        self.copies_skipped = 0
+        # The only interface seen so far while the copy check is dormant, or a marker (module top).
+        self._quiet_interface: int = _NO_INTERFACE_YET
+        self._replay: deque[tuple[list[RecordTuple], int]] = deque()  # frames, ring bytes
+        self._replay_bytes = 0
+
+    @property
+    def interfaces(self) -> tuple[str, ...]:
+        return self._interface_names
+
+    def _block_ready(self, block_start: int) -> bool:
+        # On x86 loads are not reordered with other loads, and the kernel sets the status after
+        # writing the frames (smp_wmb), so frames read after this check are complete.
+        (status,) = struct.unpack_from("=I", self._ring, block_start + _BLOCK_STATUS_OFFSET)
+        return bool(status & TP_STATUS_USER)
+
+    def next_frames(self, *, timeout: float) -> list[RecordTuple]:
+        ring = self._ring
+        block_start = self._block_index * self._geometry.block_bytes
+        if not self._block_ready(block_start):
+            self._poller.poll(max(0, int(timeout * 1000)))
+            if not self._block_ready(block_start):
+                return []
+        _, frame_count, offset = _BLOCK_HEADER.unpack_from(ring, block_start)
+        offset += block_start
+        first_offset = offset
+        frames: list[RecordTuple] = []
+        append = frames.append
+        unpack_header = _FRAME_HEADER.unpack_from
+        copy_filter = self._copy_filter
+        quiet = self._quiet_interface
+        for _ in range(frame_count):
+            (
+                next_offset,
+                seconds,
+                nanoseconds,
+                captured_length,
+                original_length,
+                status,
+                mac_offset,
+                vlan_tci,
+                vlan_tpid,
+                interface_index,
+            ) = unpack_header(ring, offset)
+            data_start = offset + mac_offset
+            data = ring[data_start : data_start + captured_length]
+            offset += next_offset
+            if interface_index != quiet:
+                if copy_filter is None or quiet == _NO_INTERFACE_YET:
+                    quiet = interface_index  # no copy check (yet): just note the interface
+                else:
+                    if quiet != _CHECK_EVERY_FRAME:  # a second interface: wake the copy check
+                        self._wake_copy_filter(copy_filter, frames)
+                        quiet = _CHECK_EVERY_FRAME
+                    if copy_filter.is_copy(
+                        data=data,
+                        interface_index=interface_index,
+                        timestamp_ns=seconds * 1_000_000_000 + nanoseconds,
+                    ):
+                        self.copies_skipped += 1
+                        continue
+            if status & TP_STATUS_VLAN_VALID:
+                # The kernel moved the 802.1Q/802.1ad tag to metadata: put it back where it was.
+                tpid = vlan_tpid if status & TP_STATUS_VLAN_TPID_VALID else TPID_8021Q
+                data = data[:12] + _VLAN_TAG.pack(tpid, vlan_tci) + data[12:]
+                original_length += VLAN_TAG_LENGTH
+            append((seconds, nanoseconds, data, original_length, interface_index))
+        # Hand the block back to the kernel only once its frames are copied out.
+        struct.pack_into("=I", ring, block_start + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
+        self._block_index = (self._block_index + 1) % self._geometry.block_count
+        self._quiet_interface = quiet
+        if copy_filter is not None and quiet >= 0 and frames:
+            self._keep_for_replay(frames, offset - first_offset)
+        return frames
+
+    def _keep_for_replay(self, frames: list[RecordTuple], size: int) -> None:
+        """While the copy check is dormant, keep the latest frames to replay into it."""
+        self._replay.append((frames, size))
+        self._replay_bytes += size
+        while self._replay_bytes > _COPY_REPLAY_BYTES and len(self._replay) > 1:
+            self._replay_bytes -= self._replay.popleft()[1]
+
+    def _wake_copy_filter(self, copy_filter: CopyFilter, current_block: list[RecordTuple]) -> None:
+        """A frame from a second interface: tell the copy check about the frames kept so far."""
+        for frames in (*(kept for kept, _ in self._replay), current_block):
+            for seconds, nanoseconds, data, _, interface_index in frames:
+                copy_filter.is_copy(
+                    data=data,
+                    interface_index=interface_index,
+                    timestamp_ns=seconds * 1_000_000_000 + nanoseconds,
+                )
+        self._replay.clear()
+        self._replay_bytes = 0
+
+    def kernel_drops(self) -> int:
+        # PACKET_STATISTICS resets the kernel's counters on each read: accumulate.
+        raw = self._socket.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS_V3.size)
+        _, drops, _ = _TPACKET_STATS_V3.unpack(raw)
+        self._drops += drops
+        return self._drops
+
+    def close(self) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._poller.unregister(self._socket.fileno())
+        self._ring.close()
+        self._socket.close()
+
+    def __enter__(self) -> LiveSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_live_source(
+    *,
+    filter_expression: str,
+    interfaces: Sequence[str] | None = None,
+    exclude_interfaces: Sequence[str] = ("lo",),
+    copy_policy: CopyPolicy = CopyPolicy.ONE_COPY,
+    snaplen: int = DEFAULT_SNAPLEN,
+    geometry: RingGeometry = RingGeometry(),
+    sample_one_in: int = 1,
+) -> LiveSource:
+    """Open the kernel capture in the calling thread's network namespace (module docstring).
+
+    ``interfaces`` None means every interface except ``exclude_interfaces`` (also those created
+    later); otherwise exactly the named ones (``exclude_interfaces`` is then ignored).
+    ``sample_one_in`` N > 1 samples in the kernel: each frame is kept with probability 1/N,
+    independently (:func:`sampling_check`), before the interface check and the filter, so dropped
+    frames are never copied to the ring; 1 (the default, full captures) adds no instruction.
+    Needs CAP_NET_RAW only (the filter, its lock and the ring need no other capability). Call it
+    in a thread of the namespace to capture: the socket stays there whichever thread reads it.
+    """
+    sampling_check(one_in=sample_one_in)  # refuse a bad rate before anything is opened
+    if interfaces is not None:
+        if not interfaces:
+            raise ValueError("interfaces: give at least one name, or None for all")
+        selected = [socket.if_nametoindex(name) for name in interfaces]
+        only: list[int] | None = selected
+        excluded: list[int] = []
+        names = tuple(interfaces)
+        bind_index = selected[0] if len(selected) == 1 else 0
+    else:
+        present = {name: index for index, name in socket.if_nameindex()}
+        only = None
+        excluded = [present[name] for name in exclude_interfaces if name in present]
+        names = tuple(sorted(name for name in present if name not in exclude_interfaces))
+        bind_index = 0
+    program = live_program(
+        filter_expression=filter_expression,
+        snaplen=snaplen,
+        only=only,
+        excluded=excluded,
+        sample_one_in=sample_one_in,
+    )
+
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing yet
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        _attach_filter(sock, program)
+        frame_bytes = 2048  # only used by the kernel to validate the request for TPACKET_V3
+        sock.setsockopt(
+            SOL_PACKET,
+            PACKET_RX_RING,
+            _TPACKET_REQ3.pack(
+                geometry.block_bytes,
+                geometry.block_count,
+                frame_bytes,
+                geometry.block_bytes // frame_bytes * geometry.block_count,
+                geometry.block_timeout_ms,
+                0,
+                0,
+            ),
+        )
+        ring = mmap.mmap(
+            sock.fileno(),
+            geometry.block_bytes * geometry.block_count,
+            flags=mmap.MAP_SHARED,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+        )
+        sock.setblocking(False)
+        _drain(sock)
+        _bind_all_protocols(sock, interface_index=bind_index)
+    except BaseException:
+        sock.close()
+        raise
+    several_interfaces = interfaces is None or len(interfaces) > 1
+    copy_filter = CopyFilter() if copy_policy is CopyPolicy.ONE_COPY and several_interfaces else None
+    return LiveSource(sock=sock, ring=ring, geometry=geometry, interface_names=names, copy_filter=copy_filter)
+
+
+def _drain(sock: socket.socket) -> None:
+    """Discard anything queued before the filter was in place (nothing is expected: protocol 0)."""
+    while True:
+        try:
+            sock.recv(65536)
+        except BlockingIOError:
+            return
