@@ -20,10 +20,10 @@ from pathlib import Path
 from kpcap.destinations import object_key
 from kpcap.filters import bpf_expression, compile_matcher
 from kpcap.model import CaptureSpec, CaptureStatus, NodePhase, parse_spec
+from kpcap.pcap import PcapWriter, iter_pcap_records
 from kpcap.storage import StorageError, open_store
+from kpcap_agent.afpacket import open_live_source
 from kpcap_agent.capture import CaptureLimits, CaptureResult, run_capture
-from kpcap_agent.packetsource import open_live_source
-from kpcap_agent.pcapfile import PcapWriter, iter_pcap_records
 from kpcap_agent.report import CaptureApi, CaptureNotFoundError, NodeReport
 
 log = logging.getLogger(__name__)
