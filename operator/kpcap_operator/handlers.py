@@ -1,4 +1,5 @@
-"""Kopf wiring: which events call which function. Handlers stay thin: reconcile decides, Kopf patches.
+"""Kopf wiring: which events call which function. Handlers stay thin: the reconcilers and the webhook
+decide, Kopf patches.
 
 Built into an explicit registry by ``build_registry(settings, kube)`` so nothing is global and the
 settings object reaches every handler by argument.
@@ -9,18 +10,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from kpcap.errors import SpecInvalid
-from kpcap.model import CaptureType, capture_id, parse_spec
-from kpcap_operator import decisions, metrics
-from kpcap_operator.kube import GROUP, PLURAL, VERSION, Kube
-from kpcap_operator.reconcile import AdmissionLedger, reconcile
+from kpcap.kubeapi import GROUP, PLURAL, VERSION
+from kpcap.model import TERMINAL, CaptureType
+from kpcap_operator import full_capture, metrics, simple_capture
+from kpcap_operator.kube import Kube
+from kpcap_operator.ledger import AdmissionLedger
+from kpcap_operator.reconcile import reconcile
 from kpcap_operator.samples import Sampling
 from kpcap_operator.settings import OperatorSettings
+from kpcap_operator.webhook.validation import validate_admission
 
 log = logging.getLogger(__name__)
 FINALIZER = "kpcap.io/cleanup"
@@ -31,53 +34,7 @@ def _now() -> datetime:
 
 
 def _not_finished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("status") not in decisions.TERMINAL
-
-
-def validate_admission(
-    *,
-    body: dict[str, Any],
-    operation: str,
-    settings: OperatorSettings,
-    kube: Kube,
-    now: datetime,
-    old: dict[str, Any] | None = None,
-) -> None:
-    """The webhook's checks: a message naming the field, and the two rules at create time.
-
-    An UPDATE that leaves the spec as it was (finalizers, annotations, labels) is always allowed: the
-    object may predate the webhook (or a stricter version of it), and refusing such an update would
-    keep the operator from removing its finalizer, so the object could never be deleted.
-    """
-    if operation == "UPDATE" and old is not None and old.get("spec") == body.get("spec"):
-        return
-    try:
-        spec = parse_spec(body.get("spec"), now=now if operation == "CREATE" else None)
-    except SpecInvalid as invalid:
-        raise kopf.AdmissionError(str(invalid), code=422) from None
-    if operation != "CREATE":
-        return
-    meta = body["metadata"]
-    # The object has no uid/creationTimestamp yet: it is the newest capture of its namespace.
-    me = decisions.CaptureRef(
-        name=meta.get("name") or meta.get("generateName", "?"),
-        uid="~new",
-        created=now + timedelta(days=1),
-        type=spec.type,
-        status=None,
-        refused_by_rule=False,
-        valid=True,
-    )
-    others = [decisions.capture_ref(other) for other in kube.list_captures(meta["namespace"])]
-    window = timedelta(seconds=settings.simple_rate_window_seconds)
-    if spec.type == CaptureType.FULL:
-        blocker = decisions.full_capture_conflict(capture=me, others=others)
-    else:
-        recent = dataclasses.replace(me, created=now)
-        blocker = decisions.simple_rate_conflict(capture=recent, others=others, window=window)
-    if blocker is not None:
-        _, message = decisions.conflict_message(capture_type=spec.type, blocker=blocker, window=window)
-        raise kopf.AdmissionError(message, code=429)
+    return status.get("status") not in TERMINAL
 
 
 def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling) -> kopf.OperatorRegistry:
@@ -98,6 +55,14 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
             info = dataclasses.replace(info, server=f"https://{host}:{port}")
         return info
 
+    @kopf.on.startup(registry=registry)
+    def watch_daemonsets(**_: Any) -> None:
+        kube.start_watching()
+
+    @kopf.on.cleanup(registry=registry)
+    def stop_watching_daemonsets(**_: Any) -> None:
+        kube.stop_watching()
+
     @kopf.timer(
         GROUP,
         VERSION,
@@ -110,7 +75,13 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
     def reconcile_capture(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         try:
             result = reconcile(
-                body=dict(body), settings=settings, kube=kube, ledger=ledger, sampling=sampling, now_fn=_now
+                body=dict(body),
+                settings=settings,
+                cluster=kube,
+                ledger=ledger,
+                samplers=sampling.samplers,
+                sample_store=sampling.store,
+                now_fn=_now,
             )
         except Exception:
             metrics.RECONCILE_ERRORS.labels(stage="reconcile").inc()
@@ -130,24 +101,15 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     def clean_finished(body: kopf.Body, status: kopf.Status, **_: Any) -> None:
-        if status.get("status") in decisions.TERMINAL:
-            kube.delete_capture_daemonsets(capture_id(body.metadata.uid))
+        if status.get("status") in TERMINAL:
+            full_capture.remove_daemonsets(cluster=kube, body=body, why="found finished")
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     def delete_capture(body: kopf.Body, **_: Any) -> None:
-        cid = capture_id(body.metadata.uid)
         if body.spec.get("type") == CaptureType.SIMPLE.value:
-            # The operator's store keeps a simple capture's PCAP as long as its object exists.
-            sampling.store.store.delete(
-                sampling.store.key(namespace=str(body.metadata.namespace), capture_id=cid)
-            )
-        deleted = kube.delete_capture_daemonsets(cid)
-        log.info(
-            "capture %s/%s deleted; removed DaemonSets %s",
-            body.metadata.namespace,
-            body.metadata.name,
-            deleted,
-        )
+            simple_capture.delete_sample(store=sampling.store, body=body)
+        full_capture.remove_daemonsets(cluster=kube, body=body, why="deleted")
+        ledger.forget(str(body.metadata.uid))
 
     if settings.webhook_enabled:
 
@@ -167,7 +129,7 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
                 body=dict(body),
                 operation=operation,
                 settings=settings,
-                kube=kube,
+                cluster=kube,
                 now=_now(),
                 old=dict(old) if old is not None else None,
             )

@@ -1,29 +1,32 @@
-"""The operator's one adapter to the Kubernetes API: every call the handlers make goes through here."""
+"""The operator's one adapter to the Kubernetes API: every call its handlers and reconcilers make.
+
+It implements ``cluster.Cluster`` (what the reconcilers and the webhook use) plus what the samplers'
+client needs (pods, tokens). The operator's capture DaemonSets are observed by a list-then-watch
+into a ``DaemonSetIndex``, so a running capture finds its DaemonSet there instead of re-creating it.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from kpcap.kubeapi import GROUP, PLURAL, VERSION
+from kpcap_operator.daemonset_index import DaemonSetIndex
 from kpcap_operator.manifests import LABEL_CAPTURE_ID
 
-GROUP, VERSION, PLURAL = "kpcap.io", "v1alpha1", "packetcaptures"
 Json = dict[str, Any]
 
 log = logging.getLogger(__name__)
 
-
-def load_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+WATCH_SECONDS = 300
+"""Each watch ends server-side after this long and is resumed by a fresh listing."""
+RETRY_SECONDS = (1.0, 60.0)
+"""Back-off after a failed list or watch (first, most): meanwhile callers list by label instead."""
 
 
 class Kube:
@@ -33,6 +36,9 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.daemonsets = DaemonSetIndex()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def _json(self, obj: Any) -> Json:
         data: Json = self.api.sanitize_for_serialization(obj)
@@ -41,6 +47,17 @@ class Kube:
     def list_captures(self, namespace: str) -> list[Json]:
         listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
         return list(listing.get("items", []))
+
+    def create_capture(self, namespace: str, body: Json) -> Json:
+        """Create a PacketCapture (the REST API's POST); the object as the apiserver stored it."""
+        created: Json = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        return created
+
+    def request_stop(self, namespace: str, name: str) -> None:
+        """Set ``spec.stop`` (the REST API's stop): the agents end early and upload what they have."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"spec": {"stop": True}}
+        )
 
     def list_pods(self, label_selector: str) -> list[Json]:
         """Pods in the operator's namespace (the samplers, found by their label)."""
@@ -62,31 +79,97 @@ class Kube:
     def list_nodes(self) -> list[Json]:
         return [self._json(node) for node in self.core.list_node().items]
 
-    def create_daemonset(self, manifest: Json) -> bool:
-        """Create it unless it exists; True if this call created it (idempotent across restarts)."""
-        try:
-            self.apps.create_namespaced_daemon_set(self.namespace, manifest)
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            raise
-        return True
+    # --- the capture DaemonSets -------------------------------------------------------------------
 
-    def delete_capture_daemonsets(self, capture_id: str) -> list[str]:
-        """Delete every DaemonSet of the capture (by label, so a renamed or duplicate one goes too)."""
+    def capture_daemonsets(self, capture_id: str) -> list[str]:
+        """From the watched index; while it is not in step (starting, watch broken), by a listing."""
+        known = self.daemonsets.names(capture_id)
+        if known is not None:
+            return known
         found = self.apps.list_namespaced_daemon_set(
             self.namespace, label_selector=f"{LABEL_CAPTURE_ID}={capture_id}"
         ).items
+        return sorted(ds.metadata.name for ds in found)
+
+    def create_daemonset(self, manifest: Json) -> bool:
+        """Create it unless it exists; True if this call created it (idempotent across restarts)."""
+        meta = manifest["metadata"]
+        try:
+            self.apps.create_namespaced_daemon_set(self.namespace, manifest)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            created = False
+        else:
+            created = True
+        self.daemonsets.added(capture_id=meta["labels"][LABEL_CAPTURE_ID], name=meta["name"])
+        return created
+
+    def delete_capture_daemonsets(self, capture_id: str) -> list[str]:
+        """Delete every DaemonSet of the capture (by label, so a renamed or duplicate one goes too)."""
         deleted = []
-        for ds in found:
+        for name in self.capture_daemonsets(capture_id):
             try:
                 self.apps.delete_namespaced_daemon_set(
-                    ds.metadata.name,
-                    self.namespace,
-                    body=client.V1DeleteOptions(propagation_policy="Background"),
+                    name, self.namespace, body=client.V1DeleteOptions(propagation_policy="Background")
                 )
-                deleted.append(ds.metadata.name)
+                deleted.append(name)
             except ApiException as err:
                 if err.status != 404:
                     raise
+            self.daemonsets.removed(capture_id=capture_id, name=name)
         return deleted
+
+    def start_watching(self) -> None:
+        """Keep ``daemonsets`` in step with the cluster from a background thread until ``stop_watching``."""
+        if self._watcher is None:
+            self._stop.clear()
+            self._watcher = threading.Thread(
+                target=self._watch_daemonsets, name="kpcap-daemonset-watch", daemon=True
+            )
+            self._watcher.start()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+        self._watcher = None
+
+    def _watch_daemonsets(self) -> None:
+        # Its own connection pool: a watch holds a connection for minutes.
+        apps = client.AppsV1Api(client.ApiClient(self.api.configuration))
+        delay = RETRY_SECONDS[0]
+        while not self._stop.is_set():
+            try:
+                self._list_and_watch(apps)
+                delay = RETRY_SECONDS[0]
+            except Exception as err:  # noqa: BLE001 - any failure: list again after a pause, keep observing
+                self.daemonsets.lost()
+                log.warning("watching capture DaemonSets failed (%s); listing by label meanwhile", err)
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_SECONDS[1])
+
+    def _list_and_watch(self, apps: client.AppsV1Api) -> None:
+        listing = apps.list_namespaced_daemon_set(self.namespace, label_selector=LABEL_CAPTURE_ID)
+        self.daemonsets.replace_all(
+            (ds.metadata.labels[LABEL_CAPTURE_ID], ds.metadata.name) for ds in listing.items
+        )
+        stream = watch.Watch()
+        for event in stream.stream(
+            apps.list_namespaced_daemon_set,
+            self.namespace,
+            label_selector=LABEL_CAPTURE_ID,
+            resource_version=listing.metadata.resource_version,
+            timeout_seconds=WATCH_SECONDS,
+        ):
+            if self._stop.is_set():
+                stream.stop()
+                return
+            kind, ds = event["type"], event["object"]
+            if kind == "ERROR":
+                raise RuntimeError(f"watch error: {ds}")
+            cid, name = (ds.metadata.labels or {}).get(LABEL_CAPTURE_ID), ds.metadata.name
+            if cid is None:
+                continue
+            if kind == "DELETED":
+                self.daemonsets.removed(capture_id=cid, name=name)
+            else:
+                self.daemonsets.added(capture_id=cid, name=name)

@@ -1,0 +1,161 @@
+"""The full-capture reconciler: start the capture's DaemonSet, fold in the nodes' reports, finish.
+
+Observe before act: the DaemonSet is created only when ``Cluster.capture_daemonsets`` (a watched
+index) shows none, so a running capture makes no write per pass. Everything else the pass needs is
+in the object's status, so a restarted operator picks up where it left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from kpcap.kubeapi import parse_time, status_time
+from kpcap.model import CaptureSpec, CaptureStatus, capture_id, parse_spec
+from kpcap_operator import decisions, manifests
+from kpcap_operator.cluster import Cluster
+from kpcap_operator.result import Event, Result
+from kpcap_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+def start(
+    *,
+    body: Mapping[str, Any],
+    spec: CaptureSpec,
+    targets: list[str],
+    settings: OperatorSettings,
+    cluster: Cluster,
+    now: datetime,
+) -> Result:
+    """An admitted full capture: its DaemonSet on ``targets``, and the status saying so."""
+    ensure_daemonset(body=body, spec=spec, targets=targets, settings=settings, cluster=cluster)
+    cid = capture_id(body["metadata"]["uid"])
+    stamp = status_time(now)
+    message = f"capturing on {len(targets)} node(s): {', '.join(targets)}"
+    return Result(
+        status={
+            "status": CaptureStatus.PENDING.value,
+            "submitted": stamp,
+            "started": stamp,
+            "targetNodes": targets,
+            "nodesSummary": f"0/{len(targets)}",
+            "packetsCaptured": 0,
+            "packetsRemaining": spec.packet_limit * len(targets),
+            "conditions": [
+                decisions.condition(kind="Admitted", ok=True, reason="Admitted", message=message, now=now),
+                decisions.condition(
+                    kind="Capturing",
+                    ok=True,
+                    reason="DaemonSetCreated",
+                    message=f"DaemonSet {settings.namespace}/{manifests.daemonset_name(cid)}",
+                    now=now,
+                ),
+            ],
+        },
+        events=[Event("Normal", "Admitted", message)],
+    )
+
+
+def ensure_daemonset(
+    *,
+    body: Mapping[str, Any],
+    spec: CaptureSpec,
+    targets: list[str],
+    settings: OperatorSettings,
+    cluster: Cluster,
+) -> None:
+    """Create the capture's DaemonSet if none is observed (first pass, a crash, a manual delete)."""
+    meta = body["metadata"]
+    cid = capture_id(meta["uid"])
+    if cluster.capture_daemonsets(cid):
+        return
+    manifest = manifests.capture_daemonset(
+        settings=settings,
+        capture_id=cid,
+        capture_name=meta["name"],
+        capture_namespace=meta["namespace"],
+        spec=spec,
+        targets=targets,
+    )
+    if cluster.create_daemonset(manifest):
+        log.info(
+            "created DaemonSet %s/%s for capture %s/%s on %s",
+            settings.namespace,
+            manifest["metadata"]["name"],
+            meta["namespace"],
+            meta["name"],
+            targets,
+        )
+
+
+def remove_daemonsets(*, cluster: Cluster, body: Mapping[str, Any], why: str) -> list[str]:
+    """The one place a capture's DaemonSets are removed: when it finishes, is deleted, or is found
+    finished at start-up (an operator that stopped between the two)."""
+    meta = body["metadata"]
+    deleted = cluster.delete_capture_daemonsets(capture_id(meta["uid"]))
+    if deleted:
+        log.info("capture %s/%s %s; deleted DaemonSets %s", meta["namespace"], meta["name"], why, deleted)
+    return deleted
+
+
+def progress(
+    *, body: Mapping[str, Any], settings: OperatorSettings, cluster: Cluster, now: datetime
+) -> Result:
+    """A pending or running capture: keep its DaemonSet, fold in reports, finish it when due."""
+    status = body.get("status") or {}
+    spec = parse_spec(body.get("spec"), now=None)  # admitted already: only re-read, no time bound
+    targets = list(status.get("targetNodes") or [])
+    started = parse_time(status.get("started")) or now
+    result = Result()
+    outcome = decisions.aggregate(
+        spec=spec,
+        targets=targets,
+        reports=status.get("nodes") or {},
+        started=started,
+        now=now,
+        grace=timedelta(seconds=settings.report_grace_seconds),
+    )
+    if spec.stop and not status.get("stopRequested"):
+        result.status["stopRequested"] = status_time(now)
+        result.events.append(
+            Event("Normal", "StopRequested", "spec.stop is true: agents end early and upload")
+        )
+    if not outcome.finished:
+        ensure_daemonset(body=body, spec=spec, targets=targets, settings=settings, cluster=cluster)
+    else:
+        remove_daemonsets(cluster=cluster, body=body, why=outcome.status.value)
+    result.status.update(
+        {
+            "status": outcome.status.value,
+            "packetsCaptured": outcome.packets_captured,
+            "packetsRemaining": outcome.packets_remaining,
+            "bytesCaptured": outcome.bytes_captured,
+            "files": list(outcome.files),
+            "nodesSummary": outcome.nodes_summary,
+        }
+    )
+    previous = status.get("status")
+    if outcome.finished:
+        ok = outcome.status == CaptureStatus.SUCCESS
+        reason = "Succeeded" if ok else ("NodesSilent" if outcome.silent_nodes else "CaptureFailed")
+        message = (
+            outcome.error_message or f"{outcome.packets_captured} packets in {len(outcome.files)} file(s)"
+        )
+        # None removes the field: this 1.20 apiserver build rejects "" (kubernetes#99804).
+        result.status["errorMessage"] = outcome.error_message or None
+        result.status["conditions"] = decisions.merge_conditions(
+            status.get("conditions") or [],
+            [
+                decisions.condition(kind="Capturing", ok=False, reason=reason, message=message, now=now),
+                decisions.condition(kind="Complete", ok=ok, reason=reason, message=message, now=now),
+            ],
+        )
+        result.events.append(Event("Normal" if ok else "Warning", reason, message))
+        result.finished = outcome.status
+    elif previous != outcome.status.value:
+        result.events.append(Event("Normal", "Running", f"first report from {outcome.nodes_summary} node(s)"))
+    return result

@@ -1,0 +1,116 @@
+"""The admission webhook's decision, without the apiserver: the cluster is a plain in-memory object.
+
+tests/operator/test_webhook.py proves the same through the real apiserver and Kopf's server.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+import pytest
+
+from kpcap_operator.settings import OperatorSettings
+from kpcap_operator.webhook import validate_admission
+from tests.support.cluster_in_memory import InMemoryCluster, capture
+
+T0 = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
+SETTINGS = OperatorSettings(namespace="kpcap-system", agent_image="kpcap-agent:test")
+FULL: dict[str, Any] = {
+    "type": "full",
+    "timeLimit": 30,
+    "packetLimit": 100,
+    "colo": "colo-a",
+    "destinationConf": "s3://kpcap-test/captures?region=us-east-1",
+}
+SIMPLE: dict[str, Any] = {"type": "simple", "timeLimit": 10, "packetLimit": 100}
+
+
+def request(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """What the apiserver sends for a CREATE: no uid or creationTimestamp yet."""
+    return {"metadata": {"name": name, "namespace": "team-a"}, "spec": spec}
+
+
+def denied(cluster: InMemoryCluster, body: dict[str, Any], **kwargs: Any) -> kopf.AdmissionError:
+    kwargs.setdefault("operation", "CREATE")
+    with pytest.raises(kopf.AdmissionError) as caught:
+        validate_admission(body=body, settings=SETTINGS, cluster=cluster, now=T0, **kwargs)
+    return caught.value
+
+
+def allowed(cluster: InMemoryCluster, body: dict[str, Any], **kwargs: Any) -> None:
+    kwargs.setdefault("operation", "CREATE")
+    validate_admission(body=body, settings=SETTINGS, cluster=cluster, now=T0, **kwargs)
+
+
+def test_a_valid_capture_is_allowed() -> None:
+    allowed(InMemoryCluster(), request("valid", FULL))
+
+
+def test_an_invalid_spec_is_refused_with_422_naming_the_field() -> None:
+    error = denied(InMemoryCluster(), request("bad", {**SIMPLE, "byteLimit": 1000}))
+    assert error.code == 422
+    assert str(error).startswith("spec.byteLimit: only allowed when spec.type is 'full'")
+
+
+def test_a_second_full_capture_is_refused_with_429_while_one_is_active() -> None:
+    cluster = InMemoryCluster()
+    first = cluster.add(
+        capture("first", FULL, created=T0 - timedelta(seconds=5), status={"status": "running"})
+    )
+    error = denied(cluster, request("second", FULL))
+    assert error.code == 429
+    assert "only one pending or running full capture is allowed per namespace" in str(error)
+    assert first["metadata"]["uid"].replace("-", "") in str(error)
+    assert "first" in str(error)
+
+
+def test_an_undecided_older_full_capture_blocks_a_new_one() -> None:
+    cluster = InMemoryCluster()
+    cluster.add(capture("first", FULL, created=T0))
+    assert denied(cluster, request("second", FULL)).code == 429
+
+
+def test_other_namespaces_and_finished_captures_do_not_block() -> None:
+    cluster = InMemoryCluster()
+    cluster.add(capture("there", FULL, created=T0, namespace="team-b", status={"status": "running"}))
+    cluster.add(capture("done", FULL, created=T0, status={"status": "success"}))
+    allowed(cluster, request("here", FULL))
+
+
+def test_a_second_simple_capture_within_the_window_is_refused() -> None:
+    cluster = InMemoryCluster()
+    cluster.add(capture("sample-1", SIMPLE, created=T0 - timedelta(seconds=59), status={"status": "failed"}))
+    error = denied(cluster, request("sample-2", SIMPLE))
+    assert error.code == 429
+    assert "only one simple capture is allowed per namespace every 60 s" in str(error)
+    assert "sample-1 was submitted at 2025-05-01T11:59:01Z" in str(error)
+    allowed(cluster, request("full", FULL)), "a full capture is not subject to the simple rule"
+
+
+def test_a_simple_capture_outside_the_window_or_refused_by_a_rule_does_not_block() -> None:
+    cluster = InMemoryCluster()
+    cluster.add(capture("old", SIMPLE, created=T0 - timedelta(seconds=60), status={"status": "success"}))
+    refused = {"status": "failed", "conditions": [{"type": "Admitted", "reason": "SimpleCaptureRateLimited"}]}
+    cluster.add(capture("refused", SIMPLE, created=T0 - timedelta(seconds=1), status=refused))
+    allowed(cluster, request("new", SIMPLE))
+
+
+def test_updates_are_validated_without_a_time_bound_and_without_the_rules() -> None:
+    cluster = InMemoryCluster()
+    cluster.add(capture("other", FULL, created=T0, status={"status": "running"}))
+    old = capture("updated", {**FULL, "timeLimit": 300}, created=T0, status={"status": "running"})
+    stop = {**old, "spec": {**old["spec"], "stop": True}}
+    allowed(cluster, stop, operation="UPDATE", old=old)
+    bad = {**old, "spec": {**old["spec"], "offsetTime": "2025-05-01T11:00:00Z"}}
+    error = denied(cluster, bad, operation="UPDATE", old=old)
+    assert error.code == 422
+    assert "spec.offsetTime: only allowed when spec.type is 'simple'" in str(error)
+
+
+def test_an_update_leaving_an_invalid_spec_as_it_was_is_allowed() -> None:
+    """So the operator can remove the finalizer of an object that predates the webhook."""
+    old = capture("legacy", {**SIMPLE, "byteLimit": 1000}, created=T0)
+    updated = {**old, "metadata": {**old["metadata"], "finalizers": []}}
+    allowed(InMemoryCluster(), updated, operation="UPDATE", old=old)
