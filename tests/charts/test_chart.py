@@ -755,6 +755,7 @@ OPERATOR_CALLS: list[Call] = [
     ),
     ("create", "apps", "daemonsets", NAMESPACE, "", "a full capture's DaemonSet is created"),
     ("list", "apps", "daemonsets", NAMESPACE, "", "a capture's DaemonSets are found by label"),
+    ("watch", "apps", "daemonsets", NAMESPACE, "", "a running capture's DaemonSet is seen, not re-created"),
     ("delete", "apps", "daemonsets", NAMESPACE, "x", "the DaemonSet is deleted when the capture ends"),
     ("list", "", "pods", NAMESPACE, "", "simple captures find the sampler pods (their nodes' addresses)"),
     (
