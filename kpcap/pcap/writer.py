@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Final, Protocol, Self
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, Self
 
 from kpcap.pcap.classic import (
     DEFAULT_SNAPLEN,
@@ -188,3 +188,7 @@ def pcap_bytes(
     parts = [global_header(nanosecond=nanosecond, snaplen=snaplen, linktype=linktype)]
     parts.extend(record_bytes(record, nanosecond=nanosecond) for record in records)
     return b"".join(parts)
+
+
+if TYPE_CHECKING:
+    _implements: type[RecordWriter] = PcapWriter  # mypy checks that PcapWriter fits the interface
