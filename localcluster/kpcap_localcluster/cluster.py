@@ -316,6 +316,12 @@ class LocalCluster:
         assert self.control_plane is not None  # noqa: S101
         return self.control_plane.pki.ca_cert
 
+    @property
+    def audit_log(self) -> Path:
+        """The apiserver's audit log of write requests (see ``controlplane.AUDIT_POLICY``)."""
+        assert self.control_plane is not None  # noqa: S101
+        return self.control_plane.audit_log
+
     def api_client(self) -> client.ApiClient:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 

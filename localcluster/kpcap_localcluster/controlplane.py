@@ -4,6 +4,8 @@ The apiserver serves HTTPS on the cluster bridge's address (nodes reach it there
 advertise address is refused for the ``kubernetes`` Service's endpoints), authenticates static
 tokens and ServiceAccount tokens, authorises with Node and RBAC, issues bound ServiceAccount tokens,
 and resolves admission webhooks' Services through their Endpoints (there is no kube-proxy here).
+Every write request (create, update, patch, delete) is audit-logged at Metadata level (who, verb,
+resource, response code; no bodies) so tests can count what a client wrote.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ SERVICE_CIDR = "198.19.0.0/16"  # never routed: Service IPs exist only as API ob
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KUBERNETES_SERVICE_IP = "198.19.0.1"
 APISERVER_PORT = 6443
+
+# Writes only, one line per request (at ResponseComplete): reads and watches would drown them.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
+AUDIT_LOG_MAX_MB = 200  # a whole test session fits: tests read one file, not rotated backups
 
 
 def write_kubeconfig(*, path: Path, server: str, ca_pem: bytes, identity: Identity) -> Path:
@@ -66,6 +80,7 @@ class ControlPlane:
     admin_kubeconfig: Path
     admin: Identity
     pki: ClusterPki
+    audit_log: Path  # JSON lines, one audit.k8s.io/v1 Event per write request
     processes: list[ManagedProcess] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -147,8 +162,11 @@ def start_control_plane(
         admin_kubeconfig=state_dir / "admin.kubeconfig",
         admin=identities["admin"],
         pki=pki,
+        audit_log=logs / "kube-apiserver-audit.log",
         processes=[etcd],
     )
+    audit_policy = state_dir / "audit-policy.yaml"
+    audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
     try:
         apiserver = spawn(
             name="kube-apiserver",
@@ -174,6 +192,10 @@ def start_control_plane(
                 # Webhook Services resolve to their endpoints' IPs: no kube-proxy, no ClusterIP routing.
                 "--enable-aggregator-routing=true",
                 "--allow-privileged=true",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={plane.audit_log}",
+                f"--audit-log-maxsize={AUDIT_LOG_MAX_MB}",
+                "--audit-log-maxbackup=1",
                 "--profiling=false",
                 "--v=1",
             ],

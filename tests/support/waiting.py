@@ -18,6 +18,7 @@ def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, interv
     while time.monotonic() < deadline:
         last = check()
         if last:
-            return last
+            found: T = last
+            return found
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
