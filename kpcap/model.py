@@ -109,6 +109,10 @@ class CaptureStatus(StrEnum):
     FAILED = "failed"
 
 
+TERMINAL: Final = frozenset({CaptureStatus.SUCCESS, CaptureStatus.COMPLETE, CaptureStatus.FAILED})
+"""The statuses a capture never leaves (StrEnum members: the plain strings match too)."""
+
+
 class NodePhase(StrEnum):
     """``status.nodes.<node>.phase``: one capture agent's progress."""
 
