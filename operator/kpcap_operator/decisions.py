@@ -14,12 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kpcap.errors import SpecInvalid
-from kpcap.model import CaptureSpec, CaptureStatus, CaptureType, NodePhase, parse_spec
+from kpcap.kubeapi import parse_time
+from kpcap.kubeapi import status_time as rfc3339
+from kpcap.model import TERMINAL, CaptureSpec, CaptureStatus, CaptureType, NodePhase, parse_spec
 
 Json = dict[str, Any]
 
 ACTIVE = frozenset({CaptureStatus.PENDING, CaptureStatus.RUNNING})
-TERMINAL = frozenset({CaptureStatus.SUCCESS, CaptureStatus.COMPLETE, CaptureStatus.FAILED})
 NO_PACKETS_MESSAGE = "No packets matched the filter in the time limit given"
 
 # status.conditions reasons a capture can be refused with (kept stable: tests and users match them).
@@ -27,16 +28,6 @@ REASON_INVALID = "InvalidSpec"
 REASON_CONCURRENCY = "FullCaptureAlreadyActive"
 REASON_RATE = "SimpleCaptureRateLimited"
 REASON_NO_NODES = "NoMatchingNodes"
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

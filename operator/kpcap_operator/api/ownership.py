@@ -40,7 +40,7 @@ from kubernetes.client.rest import ApiException
 
 from kpcap.destinations import Destination, destination_uri, parse_destination
 from kpcap.errors import SpecInvalid
-from kpcap.model import format_rfc3339
+from kpcap.kubeapi import status_time
 
 CONFIGMAP_PREFIX: Final = "kpcap-ownership-"
 ACCOUNT_LABEL: Final = "kpcap.io/ownership-account"
@@ -103,7 +103,7 @@ def new_challenge(destination: Destination, *, now: datetime) -> Challenge:
         destination_conf=destination_uri(destination),
         filename=filename,
         status="pending",
-        submitted=format_rfc3339(now),
+        submitted=status_time(now),
         challenge_sha256=_digest(contents),
     )
     return Challenge(ownership=record, destination=destination, key=key, contents=contents.encode())
@@ -115,7 +115,7 @@ def challenge_matches(record: Ownership, posted: str) -> bool:
 
 
 def validated(record: Ownership, *, now: datetime) -> Ownership:
-    return replace(record, status="success", validated=format_rfc3339(now))
+    return replace(record, status="success", validated=status_time(now))
 
 
 def is_owned(records: list[Ownership], destination: Destination) -> bool:
