@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kpcap.model import CaptureType
-from kpcap_operator.api.app import rule_conflict
+from kpcap_operator.api.capture_handlers import rule_conflict
 from kpcap_operator.api.mapping import (
     ApiError,
     capture_to_upstream,
