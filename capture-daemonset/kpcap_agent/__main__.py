@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from kpcap.errors import SpecInvalid
+from kpcap.kubeapi import load_api_client
 from kpcap.model import NodePhase
 from kpcap_agent.agent import AgentConfig, AgentConfigError, run
 from kpcap_agent.report import CaptureApi, NodeReport
@@ -49,7 +50,7 @@ def main() -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    api = CaptureApi(namespace=cfg.namespace, name=cfg.name, node=cfg.node)
+    api = CaptureApi(load_api_client(), namespace=cfg.namespace, name=cfg.name, node=cfg.node)
     try:
         run(cfg=cfg, api=api, stop=stop)
     except Exception as err:

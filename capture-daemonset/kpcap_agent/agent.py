@@ -13,15 +13,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from kpcap import envconfig
 from kpcap.destinations import object_key
 from kpcap.filters import bpf_expression, compile_matcher
-from kpcap.model import CaptureSpec, CaptureStatus, NodePhase, parse_spec
+from kpcap.kubeapi import parse_time
+from kpcap.model import TERMINAL, CaptureSpec, NodePhase, parse_spec
 from kpcap.pcap import PcapWriter, iter_pcap_records
-from kpcap.storage import StorageError, open_store
+from kpcap.storage import RetryPolicy, StorageError, open_store
 from kpcap_agent.afpacket import open_live_source
 from kpcap_agent.capture import CaptureLimits, CaptureResult, run_capture
 from kpcap_agent.report import CaptureApi, CaptureNotFoundError, NodeReport
@@ -32,7 +35,6 @@ PROGRESS_INTERVAL = 2.0
 STOP_POLL_INTERVAL = 1.0
 # A replaced pod's predecessor has its termination grace period (60 s) to upload and report.
 HANDOVER_SECONDS = 75.0
-_FINISHED = {CaptureStatus.SUCCESS.value, CaptureStatus.COMPLETE.value, CaptureStatus.FAILED.value}
 
 
 class AgentConfigError(ValueError):
@@ -48,14 +50,18 @@ class AgentConfig:
     work_dir: Path
     spec: CaptureSpec
     interfaces: tuple[str, ...] | None
+    upload_deadline_seconds: float | None = None
+    """Seconds after ``status.started + timeLimit`` by which upload retries stop (the operator
+    derives it from its report grace); None: the storage layer's own deadline."""
 
     @property
     def pcap_path(self) -> Path:
         return self.work_dir / f"pcap_{self.capture_id}" / f"{self.node}.pcap"
 
     @staticmethod
-    def from_env(env: dict[str, str] | None = None) -> AgentConfig:
-        source = dict(os.environ) if env is None else env
+    def from_env(env: Mapping[str, str] | None = None) -> AgentConfig:
+        """The one place the capture agent reads its environment (the operator's DaemonSet sets it)."""
+        source = os.environ if env is None else env
         missing = [
             name
             for name in (
@@ -65,7 +71,7 @@ class AgentConfig:
                 "KPCAP_CAPTURE_SPEC",
                 "KPCAP_NODE_NAME",
             )
-            if not source.get(name)
+            if envconfig.optional(source, name) is None
         ]
         if missing:
             raise AgentConfigError(
@@ -75,16 +81,39 @@ class AgentConfig:
         spec = parse_spec(json.loads(source["KPCAP_CAPTURE_SPEC"]), now=None)
         if spec.destination is None:
             raise AgentConfigError("KPCAP_CAPTURE_SPEC: a full capture needs destinationConf")
-        interfaces = tuple(i for i in source.get("KPCAP_INTERFACES", "").split(",") if i) or None
+        listed = envconfig.string(source, "KPCAP_INTERFACES", default="")
+        interfaces = tuple(i for i in listed.split(",") if i) or None
+        deadline = envconfig.optional(source, "KPCAP_UPLOAD_DEADLINE_SECONDS")
         return AgentConfig(
             namespace=source["KPCAP_CAPTURE_NAMESPACE"],
             name=source["KPCAP_CAPTURE_NAME"],
             capture_id=source["KPCAP_CAPTURE_ID"],
             node=source["KPCAP_NODE_NAME"],
-            work_dir=Path(source.get("KPCAP_WORK_DIR", "/var/lib/kpcap")),
+            work_dir=Path(envconfig.string(source, "KPCAP_WORK_DIR", default="/var/lib/kpcap")),
             spec=spec,
             interfaces=interfaces,
+            upload_deadline_seconds=None
+            if deadline is None
+            else envconfig.number(
+                source,
+                "KPCAP_UPLOAD_DEADLINE_SECONDS",
+                default=0.0,
+                low=1.0,
+                high=86400.0,
+                what="set by the operator from its report grace",
+            ),
         )
+
+    def upload_retry(self, *, started: datetime | None, now: datetime) -> RetryPolicy | None:
+        """The retry policy of this node's upload: no try starts after the upload deadline, which is
+        measured from the capture's ``status.started`` as the operator's report grace is, so the
+        node reports before the operator could count it silent. None: no deadline was given."""
+        if self.upload_deadline_seconds is None:
+            return None
+        ends = (started or now) + timedelta(seconds=self.spec.time_limit + self.upload_deadline_seconds)
+        left = (ends - now).total_seconds()
+        # Past the deadline already (a restart resuming late): one try, no retries.
+        return RetryPolicy(deadline=left) if left > 0 else RetryPolicy(max_attempts=1)
 
 
 def _every(interval: float, stop: threading.Event, action: Callable[[], None]) -> threading.Thread:
@@ -137,7 +166,7 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
             except CaptureNotFoundError:
                 stop.set()
                 return
-            if (body.get("spec") or {}).get("stop") or (body.get("status") or {}).get("status") in _FINISHED:
+            if (body.get("spec") or {}).get("stop") or (body.get("status") or {}).get("status") in TERMINAL:
                 log.info("capture stopped by request")
                 stop.set()
 
@@ -168,13 +197,15 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
     return result
 
 
-def upload(*, cfg: AgentConfig, api: CaptureApi, packets: int, size: int, drops: int) -> NodeReport:
+def upload(
+    *, cfg: AgentConfig, api: CaptureApi, packets: int, size: int, drops: int, started: datetime | None
+) -> NodeReport:
     destination = cfg.spec.destination
     assert destination is not None  # noqa: S101 - checked in AgentConfig.from_env
     key = object_key(destination, capture_id=cfg.capture_id, node_name=cfg.node)
     api.report(NodeReport(phase=NodePhase.UPLOADING, packets=packets, bytes=size, drops=drops))
     try:
-        store = open_store(destination)
+        store = open_store(destination, retry=cfg.upload_retry(started=started, now=datetime.now(UTC)))
         try:
             uploaded = store.upload_file(local_path=cfg.pcap_path, key=key)
         finally:
@@ -217,9 +248,10 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
         log.info("capture %s/%s is gone: nothing to do", cfg.namespace, cfg.name)
         return None
     status = body.get("status") or {}
+    started = parse_time(status.get("started"))
     mine = (status.get("nodes") or {}).get(cfg.node) or {}
     phase = mine.get("phase")
-    if phase in (NodePhase.DONE, NodePhase.FAILED) or status.get("status") in _FINISHED:
+    if phase in (NodePhase.DONE, NodePhase.FAILED) or status.get("status") in TERMINAL:
         log.info(
             "node %s already reported %s (capture %s): not capturing again",
             cfg.node,
@@ -241,11 +273,17 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
             return report
         log.info("resuming after a restart: uploading the existing %s", cfg.pcap_path)
         packets, size = _count(cfg.pcap_path)
-        report = upload(cfg=cfg, api=api, packets=packets, size=size, drops=int(mine.get("drops") or 0))
+        drops = int(mine.get("drops") or 0)
+        report = upload(cfg=cfg, api=api, packets=packets, size=size, drops=drops, started=started)
     else:
         result = capture(cfg=cfg, api=api, stop=stop)
         report = upload(
-            cfg=cfg, api=api, packets=result.packets, size=result.bytes, drops=result.kernel_drops
+            cfg=cfg,
+            api=api,
+            packets=result.packets,
+            size=result.bytes,
+            drops=result.kernel_drops,
+            started=started,
         )
     api.report(report)
     if report.phase == NodePhase.DONE:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kpcap.kubeapi import GROUP, PLURAL, VERSION, status_time
 from kpcap.model import NodePhase
 
-GROUP, VERSION, PLURAL = "kpcap.io", "v1alpha1", "packetcaptures"
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +34,7 @@ class NodeReport:
             "packets": self.packets,
             "bytes": self.bytes,
             "drops": self.drops,
-            "updated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "updated": status_time(),
         }
         # Absent rather than "": the 1.20 test apiserver refuses empty strings (kubernetes#99804).
         if self.object_uri:
@@ -50,12 +49,10 @@ class CaptureNotFoundError(LookupError):
 
 
 class CaptureApi:
-    def __init__(self, *, namespace: str, name: str, node: str) -> None:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self.api = client.ApiClient()
+    """The agent's adapter to Kubernetes; ``api`` comes from ``kpcap.kubeapi.load_api_client``."""
+
+    def __init__(self, api: client.ApiClient, *, namespace: str, name: str, node: str) -> None:
+        self.api = api
         self.custom = client.CustomObjectsApi(self.api)
         self.namespace, self.name, self.node = namespace, name, node
 

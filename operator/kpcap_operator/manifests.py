@@ -83,6 +83,8 @@ def capture_daemonset(
                     {"name": "KPCAP_CAPTURE_ID", "value": capture_id},
                     {"name": "KPCAP_CAPTURE_SPEC", "value": json.dumps(spec_to_dict(spec), sort_keys=True)},
                     {"name": "KPCAP_WORK_DIR", "value": AGENT_WORK_DIR},
+                    # Derived from the report grace: the agent's upload retries end before it runs out.
+                    {"name": "KPCAP_UPLOAD_DEADLINE_SECONDS", "value": str(settings.upload_deadline_seconds)},
                     {"name": "KPCAP_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                     {"name": "KPCAP_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 ],

@@ -1,10 +1,21 @@
-"""The operator's configuration: one frozen object, read once from the environment, passed explicitly."""
+"""The operator's configuration: one frozen object, read once from the environment, passed explicitly.
+
+``OperatorSettings.from_env`` is the only place the operator process reads its ``KPCAP_*``
+variables (the chart's operator Deployment sets them); everything else gets the object.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from kpcap import envconfig
+
+# The agent's upload retries stop this share of the report grace after timeLimit: the rest is room
+# for the try still in flight and the final report, so a node still uploading reports (done or
+# failed) before the operator could count it silent.
+UPLOAD_SHARE_OF_GRACE = 0.75
 
 
 class SettingsError(ValueError):
@@ -37,6 +48,8 @@ class OperatorSettings:
     """Address the apiserver calls the webhook on (the pod IP or a Service name); empty: no webhook."""
     webhook_service: str = ""
     webhook_cert_dir: str = ""
+    pod_ip: str = ""
+    """The operator pod's address (downward API): the self-signed webhook certificate names it."""
     metrics_port: int = 8080
     reconcile_interval_seconds: float = 1.0
     service_account: str = "kpcap-operator"
@@ -52,59 +65,100 @@ class OperatorSettings:
     """How long a simple capture waits for the samplers' answers."""
     sample_store: str = "/var/lib/kpcap/samples"
     """Where simple captures' PCAPs are kept: a directory (a volume), or an s3:// or gs:// bucket URI."""
+    api_port: int | None = None
+    """Serve the REST API on this port; None: no API."""
+    api_host: str = ""
+    """Address the REST API listens on; empty: every interface."""
+    log_level: str = "INFO"
+    watch_namespaces: tuple[str, ...] = ()
+    """Namespaces whose captures are served; empty: every namespace (cluster-wide)."""
+    peering: str = ""
+    """Kopf peering object's name (replicas elect one active operator); empty: standalone."""
+    liveness_endpoint: str = ""
+    """Kopf's liveness endpoint URL (``http://0.0.0.0:8081/healthz``); empty: none."""
+
+    @property
+    def upload_deadline_seconds(self) -> int:
+        """Seconds after ``started + timeLimit`` by which an agent stops retrying its upload.
+
+        Derived from the report grace (see UPLOAD_SHARE_OF_GRACE) and handed to the agents in their
+        DaemonSet's environment, so the two can never drift apart.
+        """
+        return max(1, int(self.report_grace_seconds * UPLOAD_SHARE_OF_GRACE))
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         source = os.environ if env is None else env
+        try:
+            return _from_env(source)
+        except envconfig.EnvError as err:
+            raise SettingsError(str(err)) from None
 
-        def integer(name: str, default: int, low: int, high: int) -> int:
-            raw = source.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise SettingsError(f"{name}: must be an integer from {low} to {high}, got {raw!r}") from None
-            if not low <= value <= high:
-                raise SettingsError(f"{name}: must be an integer from {low} to {high}, got {value}")
-            return value
 
-        def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
-            value = source.get(name) or default
-            if value not in allowed:
-                raise SettingsError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
-            return value
+def _from_env(source: Mapping[str, str]) -> OperatorSettings:
+    text, integer = envconfig.string, envconfig.integer
+    namespace = envconfig.required(
+        source, "KPCAP_NAMESPACE", what="the operator's namespace, where capture DaemonSets go"
+    )
+    api_port = envconfig.optional(source, "KPCAP_API_PORT")
+    return OperatorSettings(
+        namespace=namespace,
+        agent_image=envconfig.required(source, "KPCAP_AGENT_IMAGE", what="the capture agent's image"),
+        agent_service_account=text(source, "KPCAP_AGENT_SERVICE_ACCOUNT", default="kpcap-agent"),
+        colo_label=text(source, "KPCAP_COLO_LABEL", default="topology.kubernetes.io/zone"),
+        report_grace_seconds=integer(source, "KPCAP_REPORT_GRACE_SECONDS", default=60, low=5, high=3600),
+        simple_rate_window_seconds=integer(
+            source, "KPCAP_SIMPLE_RATE_WINDOW_SECONDS", default=60, low=0, high=3600
+        ),
+        agent_image_pull_policy=envconfig.choice(
+            source,
+            "KPCAP_AGENT_IMAGE_PULL_POLICY",
+            default="IfNotPresent",
+            allowed=("IfNotPresent", "Always", "Never"),
+        ),
+        agent_cpu_request=text(source, "KPCAP_AGENT_CPU_REQUEST", default="50m"),
+        agent_memory_request=text(source, "KPCAP_AGENT_MEMORY_REQUEST", default="64Mi"),
+        agent_memory_limit=text(source, "KPCAP_AGENT_MEMORY_LIMIT", default="256Mi"),
+        agent_priority_class=text(source, "KPCAP_AGENT_PRIORITY_CLASS", default=""),
+        agent_credentials_secret=text(source, "KPCAP_AGENT_CREDENTIALS_SECRET", default=""),
+        webhook_enabled=envconfig.boolean(source, "KPCAP_WEBHOOK_ENABLED", default=True),
+        webhook_failure_policy=envconfig.choice(
+            source, "KPCAP_WEBHOOK_FAILURE_POLICY", default="Fail", allowed=("Fail", "Ignore")
+        ),
+        webhook_port=integer(source, "KPCAP_WEBHOOK_PORT", default=9443, low=1, high=65535),
+        webhook_host=text(source, "KPCAP_WEBHOOK_HOST", default=""),
+        webhook_service=text(source, "KPCAP_WEBHOOK_SERVICE", default=""),
+        webhook_cert_dir=text(source, "KPCAP_WEBHOOK_CERT_DIR", default=""),
+        pod_ip=text(source, "KPCAP_POD_IP", default=""),
+        metrics_port=integer(source, "KPCAP_METRICS_PORT", default=8080, low=0, high=65535),
+        service_account=text(source, "KPCAP_SERVICE_ACCOUNT", default="kpcap-operator"),
+        sampler_selector=text(
+            source, "KPCAP_SAMPLER_SELECTOR", default="app.kubernetes.io/component=sampler"
+        ),
+        sampler_port=integer(source, "KPCAP_SAMPLER_PORT", default=9444, low=1, high=65535),
+        sampler_audience=text(source, "KPCAP_SAMPLER_AUDIENCE", default="kpcap-sampler"),
+        sampler_ca_file=text(source, "KPCAP_SAMPLER_CA_FILE", default=""),
+        sampler_timeout_seconds=integer(source, "KPCAP_SAMPLER_TIMEOUT_MS", default=1000, low=100, high=60000)
+        / 1000,
+        sample_store=text(source, "KPCAP_SAMPLE_STORE", default="/var/lib/kpcap/samples"),
+        api_port=None
+        if api_port is None
+        else integer(source, "KPCAP_API_PORT", default=0, low=1, high=65535, what="the REST API's port"),
+        api_host=text(source, "KPCAP_API_HOST", default=""),
+        log_level=_log_level(source),
+        watch_namespaces=tuple(
+            n.strip() for n in text(source, "KPCAP_WATCH_NAMESPACES", default="").split(",") if n.strip()
+        ),
+        peering=text(source, "KPCAP_PEERING", default=""),
+        liveness_endpoint=text(source, "KPCAP_LIVENESS_ENDPOINT", default=""),
+    )
 
-        namespace = source.get("KPCAP_NAMESPACE", "")
-        if not namespace:
-            raise SettingsError(
-                "KPCAP_NAMESPACE: required (the operator's namespace, where capture DaemonSets go)"
-            )
-        image = source.get("KPCAP_AGENT_IMAGE", "")
-        if not image:
-            raise SettingsError("KPCAP_AGENT_IMAGE: required (the capture agent's image)")
-        return OperatorSettings(
-            namespace=namespace,
-            agent_image=image,
-            agent_service_account=source.get("KPCAP_AGENT_SERVICE_ACCOUNT", "kpcap-agent"),
-            colo_label=source.get("KPCAP_COLO_LABEL", "topology.kubernetes.io/zone"),
-            report_grace_seconds=integer("KPCAP_REPORT_GRACE_SECONDS", 60, 5, 3600),
-            simple_rate_window_seconds=integer("KPCAP_SIMPLE_RATE_WINDOW_SECONDS", 60, 0, 3600),
-            agent_image_pull_policy=source.get("KPCAP_AGENT_IMAGE_PULL_POLICY", "IfNotPresent"),
-            agent_priority_class=source.get("KPCAP_AGENT_PRIORITY_CLASS", ""),
-            agent_credentials_secret=source.get("KPCAP_AGENT_CREDENTIALS_SECRET", ""),
-            webhook_enabled=source.get("KPCAP_WEBHOOK_ENABLED", "true").lower() == "true",
-            webhook_failure_policy=choice("KPCAP_WEBHOOK_FAILURE_POLICY", "Fail", ("Fail", "Ignore")),
-            webhook_port=integer("KPCAP_WEBHOOK_PORT", 9443, 1, 65535),
-            webhook_host=source.get("KPCAP_WEBHOOK_HOST", ""),
-            webhook_service=source.get("KPCAP_WEBHOOK_SERVICE", ""),
-            webhook_cert_dir=source.get("KPCAP_WEBHOOK_CERT_DIR", ""),
-            metrics_port=integer("KPCAP_METRICS_PORT", 8080, 0, 65535),
-            service_account=source.get("KPCAP_SERVICE_ACCOUNT") or "kpcap-operator",
-            sampler_selector=source.get("KPCAP_SAMPLER_SELECTOR") or "app.kubernetes.io/component=sampler",
-            sampler_port=integer("KPCAP_SAMPLER_PORT", 9444, 1, 65535),
-            sampler_audience=source.get("KPCAP_SAMPLER_AUDIENCE") or "kpcap-sampler",
-            sampler_ca_file=source.get("KPCAP_SAMPLER_CA_FILE", ""),
-            sampler_timeout_seconds=integer("KPCAP_SAMPLER_TIMEOUT_MS", 1000, 100, 60000) / 1000,
-            sample_store=source.get("KPCAP_SAMPLE_STORE") or "/var/lib/kpcap/samples",
-        )
+
+def _log_level(source: Mapping[str, str]) -> str:
+    level = envconfig.string(source, "KPCAP_LOG_LEVEL", default="INFO").upper()
+    if level not in _LOG_LEVELS:
+        raise envconfig.EnvError("KPCAP_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+    return level
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -20,11 +20,14 @@ import pytest
 import yaml
 from kubernetes import client
 
+from kpcap.model import parse_spec
 from kpcap_localcluster.binaries import tool
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.install import Installation, apply_crd, install
-from tests.conftest import wait_for
-from tests.pcaps import udp_payloads
+from kpcap_operator.manifests import capture_daemonset
+from kpcap_operator.settings import OperatorSettings
+from tests.support.pcaps import udp_payloads
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kpcap"
@@ -453,6 +456,9 @@ def test_every_setting_reaches_the_manifests() -> None:
     assert env["KPCAP_SAMPLE_STORE"] == "s3://kpcap-samples/simple?region=eu-west-1"
     assert env["KPCAP_SAMPLER_TIMEOUT_MS"] == "1500"
     assert env["KPCAP_SAMPLER_PORT"] == "19444"
+    assert env["KPCAP_AGENT_CPU_REQUEST"] == "100m"
+    assert env["KPCAP_AGENT_MEMORY_REQUEST"] == "96Mi"
+    assert env["KPCAP_AGENT_MEMORY_LIMIT"] == "320Mi"
     operator_pod = deployment["spec"]["template"]["spec"]
     assert all(v["name"] != "samples" for v in operator_pod["volumes"])
     assert operator_pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "kpcap-storage"}}]
@@ -468,6 +474,55 @@ def test_every_setting_reaches_the_manifests() -> None:
         {"name": "http", "port": 8088, "targetPort": "api", "protocol": "TCP"}
     ]
     assert _api_rules(docs, "kpcap-every") == (API_CLUSTER_RULES, API_NAMESPACE_RULES)
+
+
+class _ReadLog(dict[str, str]):
+    """An environment that remembers which variables were looked up."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("values", [(), (EVERYTHING,)], ids=["defaults", "everything"])
+def test_every_operator_variable_the_chart_sets_reaches_the_settings(values: tuple[Path, ...]) -> None:
+    (deployment,) = by_kind(documents(render(values=values).stdout), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    # Downward-API values stand in for what the kubelet fills in.
+    downward = {"KPCAP_NAMESPACE": NAMESPACE, "KPCAP_POD_IP": "198.18.0.10"}
+    env = _ReadLog({e["name"]: e.get("value", downward.get(e["name"], "")) for e in container["env"]})
+    settings = OperatorSettings.from_env(env)
+    chart_sets = {name for name in env if name.startswith("KPCAP_")}
+    assert chart_sets <= env.read, f"set by the chart, read by no setting: {sorted(chart_sets - env.read)}"
+    agent = capture_daemonset(
+        settings=settings,
+        capture_id="0" * 32,
+        capture_name="c",
+        capture_namespace="team-a",
+        spec=parse_spec(
+            {
+                "type": "full",
+                "colo": "colo-a",
+                "timeLimit": 10,
+                "packetLimit": 10,
+                "destinationConf": "s3://bucket/p?region=r",
+            },
+            now=None,
+        ),
+        targets=["node-1"],
+    )["spec"]["template"]["spec"]["containers"][0]
+    assert agent["resources"] == {
+        "requests": {"cpu": env["KPCAP_AGENT_CPU_REQUEST"], "memory": env["KPCAP_AGENT_MEMORY_REQUEST"]},
+        "limits": {"memory": env["KPCAP_AGENT_MEMORY_LIMIT"]},
+    }
 
 
 # --- against the local apiserver --------------------------------------------------------------
