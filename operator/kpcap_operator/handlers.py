@@ -86,8 +86,11 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
         except Exception:
             metrics.RECONCILE_ERRORS.labels(stage="reconcile").inc()
             raise
+        # Only what changed: a running capture whose reports did not move makes no write at all.
+        current = body.get("status") or {}
         for key, value in result.status.items():
-            patch.status[key] = value
+            if current.get(key) != value:
+                patch.status[key] = value
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             log.info("%s/%s %s: %s", body.metadata.namespace, body.metadata.name, event.reason, event.message)
