@@ -18,17 +18,12 @@ from kpcap_operator.ledger import AdmissionLedger
 from kpcap_operator.reconcile import reconcile
 from kpcap_operator.result import Result
 from kpcap_operator.settings import OperatorSettings
+from tests.support.captures import full_spec
 from tests.support.cluster_in_memory import InMemoryCluster, capture, node
 
 T0 = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings(namespace="kpcap-system", agent_image="kpcap-agent:test", report_grace_seconds=5)
-FULL: dict[str, Any] = {
-    "type": "full",
-    "timeLimit": 30,
-    "packetLimit": 100,
-    "colo": "colo-a",
-    "destinationConf": "s3://kpcap-test/captures?region=us-east-1",
-}
+FULL = full_spec()
 
 
 class NoSamplers:

@@ -13,17 +13,12 @@ import pytest
 
 from kpcap_operator.settings import OperatorSettings
 from kpcap_operator.webhook import validate_admission
+from tests.support.captures import full_spec
 from tests.support.cluster_in_memory import InMemoryCluster, capture
 
 T0 = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings(namespace="kpcap-system", agent_image="kpcap-agent:test")
-FULL: dict[str, Any] = {
-    "type": "full",
-    "timeLimit": 30,
-    "packetLimit": 100,
-    "colo": "colo-a",
-    "destinationConf": "s3://kpcap-test/captures?region=us-east-1",
-}
+FULL = full_spec()
 SIMPLE: dict[str, Any] = {"type": "simple", "timeLimit": 10, "packetLimit": 100}
 
 
