@@ -76,6 +76,8 @@ def operator(
             agent_image=AGENT_IMAGE,
             extra_env={
                 "KPCAP_AGENT_CREDENTIALS_SECRET": CREDENTIALS_SECRET,
+                # Not what is measured: room for agents slowed by a loaded machine to upload and report.
+                "KPCAP_REPORT_GRACE_SECONDS": "30",
                 "KUBECONFIG": _operator_kubeconfig(cluster, tmp_path_factory),
             },
         )
@@ -102,7 +104,7 @@ def test_a_30s_full_capture_creates_its_daemonset_once_and_no_write_is_refused_a
     spec = {
         "type": "full",
         "timeLimit": 30,
-        "packetLimit": 100000,
+        "packetLimit": 10000,
         "colo": "colo-a",
         "destinationConf": f"s3://{bucket}/captures?region=us-east-1&endpoint={cluster.s3.endpoint}",
         "filter": {"protocol": 17, "destinationPort": 7777},
@@ -115,14 +117,18 @@ def test_a_30s_full_capture_creates_its_daemonset_once_and_no_write_is_refused_a
     )
     for dst in ("kpcap-node-1", "kpcap-node-2"):
         cluster.send_udp(src="kpcap-node-3", dst=dst, port=7777, count=10, payload="audited")
-    final = captures.wait_status("audited", {"success", "failed"}, timeout=90)
+    final = captures.wait_status("audited", {"success", "failed"}, timeout=120)
+    if final["status"] != "success":
+        print(cluster.pod_logs(namespace=OPERATOR_NAMESPACE, pod="kpcap-capture-*"))
     wait_for(lambda: not captures.daemonsets(capture), timeout=30, what="the DaemonSet to be deleted")
 
-    writes = [entry for entry in audit.entries(since=marker) if entry.user == OPERATOR_USER]
+    everyone = audit.entries(since=marker)
+    writes = [entry for entry in everyone if entry.user == OPERATOR_USER]
+    assert writes, f"no write by {OPERATOR_USER}; all writes:\n{format_counts(count_requests(everyone))}"
     print(f"\nthe operator's apiserver writes during one {spec['timeLimit']} s full capture:")
     print(format_counts(count_requests(writes)))
     daemonset_creates = [e for e in writes if e.resource == "daemonsets" and e.verb == "create"]
     refused = [e for e in daemonset_creates if e.code == 409]
     assert final["status"] == "success", final
-    assert not refused, f"{len(refused)} DaemonSet creates answered 409 (create only what is missing)"
+    assert len(refused) == 0, "DaemonSet creates answered 409 (create only what is missing)"
     assert len(daemonset_creates) <= 1, f"{len(daemonset_creates)} DaemonSet creates for one capture"
