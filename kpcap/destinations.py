@@ -1,6 +1,6 @@
 """Where a full capture's files go: parsing ``spec.destinationConf`` and naming the objects.
 
-Accepted forms (DESIGN.md, "Storage")::
+Accepted forms (docs/design.md, "Storage")::
 
     s3://<bucket>[/<prefix>][?region=<region>][&endpoint=<http(s) URL of an S3-compatible store>]
     gs://<bucket>[/<prefix>]

@@ -4,7 +4,7 @@ A :class:`SampleRing` keeps 1 in ``sample_rate`` of the frames offered to it, tr
 ``snap_length`` bytes with their original length and timestamp, and answers the operator's queries
 (time window, filter, packet limit). Networking, authentication and Kubernetes live elsewhere.
 
-Where the always-on sampler (DESIGN.md item 4, issue 6 part 1) applies its rate: in the kernel, not
+Where the always-on sampler (docs/design.md, "Who does what" 4) applies its rate: in the kernel, not
 here. :func:`kpcap_agent.sampler_service.open_sampler_source` puts a random 1-in-N check in front of
 the socket's BPF program (each frame kept independently with probability 1/N), and the service's
 ring has ``sample_rate`` 1 (:func:`kpcap_agent.sampler_service.ring_config`): it keeps every frame

@@ -1,4 +1,4 @@
-"""The REST API compatible with the public PCAPs API, served by the operator (DESIGN.md item 5)."""
+"""The REST API compatible with the public PCAPs API, served by the operator (docs/design.md)."""
 
 from kpcap_operator.api.app import ApiSettings, create_app, start_api
 
