@@ -6,28 +6,8 @@ only way in for user input: it reports every problem at once (``SpecInvalid``), 
 path (``spec.filter.sourcePort``) and what is allowed. A JSON ``null`` counts as an absent field, as
 the API server prunes nulls from fields that are not nullable.
 
-Required fields and defaults (upstream PCAPs API where it says, DESIGN.md otherwise):
-
-=================  ===========================================================================
-``type``           required: ``simple`` | ``full``
-``system``         default ``host-network``; upstream ``magic-transit`` is accepted as its alias
-``filter``         default empty: every packet (upstream "empty = all packets")
-``timeLimit``      required, 1..300 seconds
-``packetLimit``    1..10000; required for simple (upstream); for full it defaults to 10000
-``byteLimit``      1..1e9, full only, optional (absent: only the packet and time limits apply)
-``colo``           a node-label value; optional for simple (absent: every node); for full,
-                   ``colo`` or ``nodeSelector`` is required (upstream requires colo_name) so a
-                   full capture never lands on every node of a cluster by omission
-``nodeSelector``   label key -> value, optional, ANDed with ``colo``
-``destinationConf``  full only and required for full (see ``kpcap.destinations``)
-``offsetTime``     simple only, optional (absent: the time the capture was created); RFC 3339 with
-                   a time zone, not in the future and at most 24 h before ``now``
-``stop``           default false
-=================  ===========================================================================
-
-Filter consistency rules (a filter that no packet can match is rejected rather than accepted and
-left to capture nothing): ``sourceAddress`` and ``destinationAddress`` must be the same IP version;
-a port filter needs ``protocol`` absent or one of 6 (TCP), 17 (UDP), 132 (SCTP).
+The rules themselves (limits, allowed values, which field goes with which type) live in
+``kpcap.spec_rules``, shared with the REST API's OpenAPI document and checked against the CRD.
 """
 
 from __future__ import annotations
@@ -37,7 +17,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
@@ -45,6 +25,21 @@ from typing import Any, Final, TypeVar
 from kpcap.destinations import Destination, check_destination, destination_uri
 from kpcap.errors import FieldError, SpecInvalid, describe_value
 from kpcap.names import LABEL_KEY_RULE, LABEL_VALUE_RULE, capture_id, is_label_key, is_label_value
+from kpcap.spec_rules import (
+    BYTE_LIMIT_RANGE,
+    DEFAULT_FULL_PACKET_LIMIT,
+    FILTER_FIELDS,
+    OFFSET_TIME_WINDOW,
+    PACKET_LIMIT_RANGE,
+    PORT_PROTOCOLS,
+    PORT_RANGE,
+    PROTOCOL_RANGE,
+    SPEC_FIELDS,
+    SYSTEM_ALIASES,
+    TIME_LIMIT_RANGE,
+    CaptureSystem,
+    CaptureType,
+)
 
 __all__ = [
     "BYTE_LIMIT_RANGE",
@@ -67,33 +62,6 @@ __all__ = [
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-TIME_LIMIT_RANGE: Final = (1, 300)
-PACKET_LIMIT_RANGE: Final = (1, 10_000)
-BYTE_LIMIT_RANGE: Final = (1, 1_000_000_000)
-PORT_RANGE: Final = (0, 65_535)
-PROTOCOL_RANGE: Final = (0, 255)
-OFFSET_TIME_WINDOW: Final = timedelta(hours=24)
-# Only these IP protocols carry ports (libpcap's `port` primitive means exactly these three).
-PORT_PROTOCOLS: Final = MappingProxyType({6: "TCP", 17: "UDP", 132: "SCTP"})
-DEFAULT_FULL_PACKET_LIMIT: Final = PACKET_LIMIT_RANGE[1]
-
-
-class CaptureType(StrEnum):
-    """``simple``: sampled headers from the last 24 h, completes at once; ``full``: live, to a bucket."""
-
-    SIMPLE = "simple"
-    FULL = "full"
-
-
-class CaptureSystem(StrEnum):
-    """Where packets are taken. ``host-network``: the nodes' own interfaces."""
-
-    HOST_NETWORK = "host-network"
-
-
-# Upstream's only value; its SDK allows nothing else, so it must keep working.
-SYSTEM_ALIASES: Final = MappingProxyType({"magic-transit": CaptureSystem.HOST_NETWORK})
 
 
 class CaptureStatus(StrEnum):
@@ -172,21 +140,6 @@ class CaptureSpec:
         if not isinstance(self.node_selector, MappingProxyType):
             object.__setattr__(self, "node_selector", MappingProxyType(dict(self.node_selector)))
 
-
-SPEC_FIELDS: Final = (
-    "type",
-    "system",
-    "filter",
-    "timeLimit",
-    "packetLimit",
-    "byteLimit",
-    "colo",
-    "nodeSelector",
-    "destinationConf",
-    "offsetTime",
-    "stop",
-)
-FILTER_FIELDS: Final = ("sourceAddress", "sourcePort", "destinationAddress", "destinationPort", "protocol")
 
 _RFC3339 = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d+))?"
