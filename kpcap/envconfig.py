@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Final, TypeVar
 
 from kubernetes.utils import parse_quantity as _kubernetes_quantity
 
@@ -47,6 +47,7 @@ _DURATION: Final = re.compile(r"(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?
 _SECONDS: Final = re.compile(r"\d+(?:\.\d+)?")
 _TRUE: Final = frozenset({"true", "yes", "on", "1"})
 _FALSE: Final = frozenset({"false", "no", "off", "0"})
+_Measure = TypeVar("_Measure", int, float)  # a quantity stays an int, a duration a float
 
 
 def parse_duration(text: str) -> float:
@@ -180,15 +181,9 @@ def duration(
 ) -> float:
     """Seconds (:func:`parse_duration`: ``"30s"``, ``"5m"``, ``"24h"``, plain seconds), optionally in
     ``low..high``. ``allowed`` describes the accepted range in every message about a bad value."""
-    text = optional(env, name)
-    if text is None:
-        return default
-    try:
-        value = parse_duration(text)
-    except ValueError as err:
-        raise EnvError(name, f"{err}" + ("" if allowed is None else f"; allowed: {allowed}")) from None
-    _bounded(name, value, low, high, "s", allowed)
-    return value
+    return _measure(
+        env, name, parse=parse_duration, unit="s", default=default, low=low, high=high, allowed=allowed
+    )
 
 
 def quantity(
@@ -202,14 +197,31 @@ def quantity(
 ) -> int:
     """Bytes (:func:`parse_quantity`: ``"128Mi"``, ``"1Gi"``, plain bytes), optionally in
     ``low..high``. ``allowed`` describes the accepted range in every message about a bad value."""
+    return _measure(
+        env, name, parse=parse_quantity, unit="bytes", default=default, low=low, high=high, allowed=allowed
+    )
+
+
+def _measure(
+    env: Mapping[str, str],
+    name: str,
+    *,
+    parse: Callable[[str], _Measure],
+    unit: str,
+    default: _Measure,
+    low: _Measure | None,
+    high: _Measure | None,
+    allowed: str | None,
+) -> _Measure:
+    """The variable read by ``parse`` (a ValueError says what is wrong), in ``low..high`` ``unit``."""
     text = optional(env, name)
     if text is None:
         return default
     try:
-        value = parse_quantity(text)
+        value = parse(text)
     except ValueError as err:
         raise EnvError(name, f"{err}" + ("" if allowed is None else f"; allowed: {allowed}")) from None
-    _bounded(name, value, low, high, "bytes", allowed)
+    _bounded(name, value, low, high, unit, allowed)
     return value
 
 
