@@ -7,6 +7,7 @@ agent see one behaviour whichever bucket a capture names.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -371,6 +372,40 @@ def describe_exception(exc: BaseException, *, limit: int = 200) -> str:
 def check_max_bytes(max_bytes: int) -> None:
     if max_bytes < 0:
         raise ValueError(f"max_bytes must not be negative, got {max_bytes}")
+
+
+def object_error(
+    store: ObjectStore, key: str, *, reason: FailureReason, permanent: bool, detail: str
+) -> StorageError:
+    """A StorageError about ``key`` in ``store``'s bucket."""
+    return StorageError(
+        bucket=store.bucket, key=key, uri=store.uri(key), reason=reason, permanent=permanent, detail=detail
+    )
+
+
+def check_stored_size(store: ObjectStore, key: str, *, stored: int, size: int) -> None:
+    """An upload that left fewer or more bytes than it sent is a transient INCOMPLETE failure."""
+    if stored != size:
+        raise object_error(
+            store,
+            key,
+            reason=FailureReason.INCOMPLETE,
+            permanent=False,
+            detail=f"stored {stored} bytes of {size}",
+        )
+
+
+def download_whole(path: Path, download: Callable[[Path], int]) -> int:
+    """``download(partial)`` writes a ``.part`` file beside ``path`` and returns its size; the file
+    is then renamed to ``path``, so ``path`` is written whole or not at all."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        size = download(partial)
+        partial.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    return size
 
 
 class ChunkReader:

@@ -22,6 +22,7 @@ from kpcap.storage.base import (
     StorageError,
     UploadResult,
     check_max_bytes,
+    object_error,
 )
 
 SCHEME = "file"
@@ -50,10 +51,9 @@ class DirectoryStore:
     def _path(self, key: str) -> Path:
         parts = key.split("/")
         if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            raise StorageError(
-                bucket=self.bucket,
-                key=key,
-                uri=self.uri(key),
+            raise object_error(
+                self,
+                key,
                 reason=FailureReason.BAD_REQUEST,
                 permanent=True,
                 detail="a key is a relative path without empty, '.' or '..' segments",
@@ -62,10 +62,9 @@ class DirectoryStore:
 
     def _error(self, operation: str, key: str, err: OSError) -> StorageError:
         missing = isinstance(err, FileNotFoundError)
-        return StorageError(
-            bucket=self.bucket,
-            key=key,
-            uri=self.uri(key),
+        return object_error(
+            self,
+            key,
             reason=FailureReason.OBJECT_MISSING if missing else FailureReason.SERVER_ERROR,
             permanent=missing,
             detail=f"{operation}: {err.strerror or err}",
@@ -117,10 +116,9 @@ class DirectoryStore:
         except OSError as err:
             raise self._error("get", key, err) from err
         if len(data) > max_bytes:
-            raise StorageError(
-                bucket=self.bucket,
-                key=key,
-                uri=self.uri(key),
+            raise object_error(
+                self,
+                key,
                 reason=FailureReason.TOO_LARGE,
                 permanent=True,
                 detail=f"more than {max_bytes} bytes",

@@ -33,9 +33,12 @@ from kpcap.storage.base import (
     StoreOptions,
     UploadResult,
     check_max_bytes,
+    check_stored_size,
     describe_exception,
+    download_whole,
     exception_chain,
     guess_content_type,
+    object_error,
 )
 
 T = TypeVar("T")
@@ -123,15 +126,7 @@ class GcsStore:
 
     def _result(self, blob: Any, key: str, size: int) -> UploadResult:
         stored = int(blob.size) if blob.size is not None else size
-        if stored != size:
-            raise StorageError(
-                bucket=self._bucket_name,
-                key=key,
-                uri=self.uri(key),
-                reason=FailureReason.INCOMPLETE,
-                permanent=False,
-                detail=f"stored {stored} bytes of {size}",
-            )
+        check_stored_size(self, key, stored=stored, size=size)
         return UploadResult(
             uri=self.uri(key),
             bucket=self._bucket_name,
@@ -182,14 +177,7 @@ class GcsStore:
             not_found=FailureReason.OBJECT_MISSING,
         )
         if blob is None:
-            raise StorageError(
-                bucket=self._bucket_name,
-                key=key,
-                uri=self.uri(key),
-                reason=self._missing_reason(),
-                permanent=True,
-                detail="404",
-            )
+            raise object_error(self, key, reason=self._missing_reason(), permanent=True, detail="404")
         return blob
 
     def _missing_reason(self) -> FailureReason:
@@ -204,10 +192,9 @@ class GcsStore:
         blob = self._metadata(key)
         size = int(blob.size or 0)
         if size > max_bytes:
-            raise StorageError(
-                bucket=self._bucket_name,
-                key=key,
-                uri=self.uri(key),
+            raise object_error(
+                self,
+                key,
                 reason=FailureReason.TOO_LARGE,
                 permanent=True,
                 detail=f"{size} bytes, at most {max_bytes} allowed",
@@ -234,10 +221,9 @@ class GcsStore:
                 start=start, end=end, timeout=self._timeout, retry=self._sdk_retry, checksum=None
             )
             if len(data) != end - start + 1:
-                raise StorageError(
-                    bucket=self._bucket_name,
-                    key=key,
-                    uri=self.uri(key),
+                raise object_error(
+                    self,
+                    key,
                     reason=FailureReason.INCOMPLETE,
                     permanent=False,
                     detail=f"asked for bytes {start}-{end}, got {len(data)}",
@@ -257,20 +243,20 @@ class GcsStore:
         return ChunkReader(size=size, chunks=chunks())
 
     def download_to(self, *, key: str, path: Path) -> int:
-        partial = path.with_name(path.name + ".part")
-
-        def download() -> int:
+        def download(partial: Path) -> int:
             blob = self._bucket.blob(key)
             blob.download_to_filename(os.fspath(partial), timeout=self._timeout, retry=self._sdk_retry)
             return partial.stat().st_size
 
-        try:
-            size = self._run(download, key=key, what="download", not_found=FailureReason.OBJECT_MISSING)
-            partial.replace(path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-        return size
+        return download_whole(
+            path,
+            lambda partial: self._run(
+                functools.partial(download, partial),
+                key=key,
+                what="download",
+                not_found=FailureReason.OBJECT_MISSING,
+            ),
+        )
 
     def exists(self, key: str) -> bool:
         found: bool = self._run(

@@ -9,7 +9,6 @@ failures.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,9 +28,12 @@ from kpcap.storage.base import (
     StoreOptions,
     UploadResult,
     check_max_bytes,
+    check_stored_size,
     describe_exception,
+    download_whole,
     exception_chain,
     guess_content_type,
+    object_error,
 )
 
 if TYPE_CHECKING:
@@ -139,15 +141,7 @@ class S3Store:
             )
             head = self._client.head_object(Bucket=self._bucket, Key=key)
             stored = int(head["ContentLength"])
-            if stored != size:
-                raise StorageError(
-                    bucket=self._bucket,
-                    key=key,
-                    uri=self.uri(key),
-                    reason=FailureReason.INCOMPLETE,
-                    permanent=False,
-                    detail=f"stored {stored} bytes of {size}",
-                )
+            check_stored_size(self, key, stored=stored, size=size)
             return UploadResult(
                 uri=self.uri(key),
                 bucket=self._bucket,
@@ -193,10 +187,9 @@ class S3Store:
         return self._run(get, key=key, what="get")
 
     def _too_large(self, key: str, size: int, max_bytes: int) -> StorageError:
-        return StorageError(
-            bucket=self._bucket,
-            key=key,
-            uri=self.uri(key),
+        return object_error(
+            self,
+            key,
             reason=FailureReason.TOO_LARGE,
             permanent=True,
             detail=f"{size} bytes or more, at most {max_bytes} allowed",
@@ -225,21 +218,15 @@ class S3Store:
         return ChunkReader(size=int(response["ContentLength"]), chunks=chunks(), on_close=body.close)
 
     def download_to(self, *, key: str, path: Path) -> int:
-        partial = path.with_name(path.name + ".part")
-
-        def download() -> int:
+        def download(partial: Path) -> int:
             self._client.download_file(
                 Bucket=self._bucket, Key=key, Filename=os.fspath(partial), Config=self._transfer
             )
             return partial.stat().st_size
 
-        try:
-            size = self._run(download, key=key, what="download")
-            partial.replace(path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-        return size
+        return download_whole(
+            path, lambda partial: self._run(lambda: download(partial), key=key, what="download")
+        )
 
     def exists(self, key: str) -> bool:
         def head() -> bool:
