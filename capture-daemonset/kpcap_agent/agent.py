@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 2.0
 STOP_POLL_INTERVAL = 1.0
+# How long the end of a capture waits for an in-flight progress write or stop poll: the write is
+# safe to leave behind (it is conditional, see kpcap_agent.report), the wait only keeps order.
+JOIN_SECONDS = 30.0
 # A replaced pod's predecessor has its termination grace period (60 s) to upload and report.
 HANDOVER_SECONDS = 75.0
 
@@ -116,17 +119,32 @@ class AgentConfig:
         return RetryPolicy(deadline=left) if left > 0 else RetryPolicy(max_attempts=1)
 
 
-def _every(interval: float, stop: threading.Event, action: Callable[[], None]) -> threading.Thread:
-    def loop() -> None:
-        while not stop.wait(interval):
-            try:
-                action()
-            except Exception:
-                log.warning("periodic %s failed", getattr(action, "__name__", "action"), exc_info=True)
+class Periodic:
+    """``action`` every ``interval`` seconds on a thread of its own, until ``stop_and_join``."""
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread
+    def __init__(self, *, interval: float, action: Callable[[], None]) -> None:
+        self._stop = threading.Event()
+        self._interval, self._action = interval, action
+        self._thread = threading.Thread(
+            target=self._loop, name=getattr(action, "__name__", None), daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._action()
+            except Exception:
+                log.warning("periodic %s failed", self._thread.name, exc_info=True)
+
+    def stop_and_join(self, *, timeout: float = JOIN_SECONDS) -> None:
+        """No new run starts; wait for the one in flight (if any) to return."""
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "periodic %s still running after %.0f s; going on without it", self._thread.name, timeout
+            )
 
 
 def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> CaptureResult:
@@ -143,11 +161,11 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
         spec.time_limit,
         cfg.pcap_path,
     )
-    done = threading.Event()
     with (
         open_live_source(filter_expression=expression, interfaces=cfg.interfaces) as source,
         PcapWriter(path=cfg.pcap_path) as writer,
     ):
+        # Creates this node's entry, before any progress report (those only replace a running one).
         api.report(NodeReport(phase=NodePhase.RUNNING))
 
         def progress() -> None:
@@ -157,7 +175,8 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
                     packets=writer.packets,
                     bytes=writer.packet_bytes,
                     drops=source.kernel_drops(),
-                )
+                ),
+                moving_from=NodePhase.RUNNING,
             )
 
         def watch_stop() -> None:
@@ -170,8 +189,10 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
                 log.info("capture stopped by request")
                 stop.set()
 
-        _every(PROGRESS_INTERVAL, done, progress)
-        _every(STOP_POLL_INTERVAL, done, watch_stop)
+        reporters = [
+            Periodic(interval=PROGRESS_INTERVAL, action=progress),
+            Periodic(interval=STOP_POLL_INTERVAL, action=watch_stop),
+        ]
         try:
             result = run_capture(
                 source=source,
@@ -185,7 +206,10 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
                 stop_event=stop,
             )
         finally:
-            done.set()
+            # Stopped and joined before the caller's uploading and final reports: no progress write
+            # of this process is in flight when they are sent.
+            for reporter in reporters:
+                reporter.stop_and_join()
     log.info(
         "capture ended (%s): %d packets, %d bytes, %d kernel drops, %d refused by the userspace check",
         result.reason,
@@ -198,12 +222,24 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
 
 
 def upload(
-    *, cfg: AgentConfig, api: CaptureApi, packets: int, size: int, drops: int, started: datetime | None
-) -> NodeReport:
+    *,
+    cfg: AgentConfig,
+    api: CaptureApi,
+    packets: int,
+    size: int,
+    drops: int,
+    started: datetime | None,
+    moving_from: NodePhase,
+) -> NodeReport | None:
+    """Upload the node's file; its final report, or None when the node's entry had already left
+    ``moving_from`` (someone else's report ended it: nothing left to do here)."""
     destination = cfg.spec.destination
     assert destination is not None  # noqa: S101 - checked in AgentConfig.from_env
     key = object_key(destination, capture_id=cfg.capture_id, node_name=cfg.node)
-    api.report(NodeReport(phase=NodePhase.UPLOADING, packets=packets, bytes=size, drops=drops))
+    uploading = NodeReport(phase=NodePhase.UPLOADING, packets=packets, bytes=size, drops=drops)
+    if not api.report(uploading, moving_from=moving_from):
+        log.info("node %s is no longer %s: not uploading", cfg.node, moving_from)
+        return None
     try:
         store = open_store(destination, retry=cfg.upload_retry(started=started, now=datetime.now(UTC)))
         try:
@@ -265,16 +301,24 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
             # period, so give it the time to report before calling the node failed.
             if _wait_for_handover(cfg=cfg, api=api, stop=stop):
                 return None
-            report = NodeReport(
+            failed = NodeReport(
                 phase=NodePhase.FAILED,
                 error=(f"the agent restarted while {phase} and its capture file {cfg.pcap_path} is gone"),
             )
-            api.report(report)
-            return report
+            api.report(failed)
+            return failed
         log.info("resuming after a restart: uploading the existing %s", cfg.pcap_path)
         packets, size = _count(cfg.pcap_path)
         drops = int(mine.get("drops") or 0)
-        report = upload(cfg=cfg, api=api, packets=packets, size=size, drops=drops, started=started)
+        report = upload(
+            cfg=cfg,
+            api=api,
+            packets=packets,
+            size=size,
+            drops=drops,
+            started=started,
+            moving_from=NodePhase(phase),
+        )
     else:
         result = capture(cfg=cfg, api=api, stop=stop)
         report = upload(
@@ -284,7 +328,10 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
             size=result.bytes,
             drops=result.kernel_drops,
             started=started,
+            moving_from=NodePhase.RUNNING,
         )
+    if report is None:
+        return None
     api.report(report)
     if report.phase == NodePhase.DONE:
         cfg.pcap_path.unlink()  # reported and stored: the local copy has served its purpose

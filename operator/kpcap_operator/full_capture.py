@@ -2,7 +2,8 @@
 
 Observe before act: the DaemonSet is created only when ``Cluster.capture_daemonsets`` (a watched
 index) shows none, so a running capture makes no write per pass. Everything else the pass needs is
-in the object's status, so a restarted operator picks up where it left.
+in the object's status, so a restarted operator picks up where it left. ``status.nodes`` is the
+agents' alone: no Result here carries it, so no operator write can replace a node's report.
 """
 
 from __future__ import annotations
