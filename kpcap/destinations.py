@@ -17,7 +17,6 @@ segments when the prefix is empty).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from enum import StrEnum
 from urllib.parse import quote, unquote, urlsplit
 
 from kpcap.errors import FieldError, SpecInvalid, describe_value
-from kpcap.names import DNS1123_SUBDOMAIN_RULE, is_capture_id, is_dns1123_subdomain
+from kpcap.names import DNS1123_SUBDOMAIN_RULE, is_capture_id, is_dns1123_subdomain, is_ip_address
 
 DESTINATION_FIELD = "spec.destinationConf"
 DESTINATION_MAX_LENGTH = 2048
@@ -186,26 +185,18 @@ def object_uri(destination: Destination, *, capture_id: str, node_name: str) -> 
     return f"{destination.scheme.value}://{destination.bucket}/{key}"
 
 
-def _is_ip_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _is_s3_bucket(bucket: str) -> bool:
     return (
         _S3_BUCKET.fullmatch(bucket) is not None
         and ".." not in bucket
-        and not _is_ip_address(bucket)
+        and not is_ip_address(bucket)
         and not bucket.startswith(_S3_RESERVED_PREFIXES)
         and not bucket.endswith(_S3_RESERVED_SUFFIXES)
     )
 
 
 def _is_gcs_bucket(bucket: str) -> bool:
-    if _GCS_BUCKET.fullmatch(bucket) is None or _is_ip_address(bucket):
+    if _GCS_BUCKET.fullmatch(bucket) is None or is_ip_address(bucket):
         return False
     parts = bucket.split(".")
     if "." not in bucket and len(bucket) > 63:

@@ -1,4 +1,5 @@
-"""Kubernetes name rules and the capture id, shared by the model and the destinations.
+"""Kubernetes name rules, the capture id and the IP address test, shared by the model, the
+destinations and the webhook's certificate.
 
 Regular expressions are matched with ``re.fullmatch`` so that a trailing newline never slips through
 (``$`` would allow one).
@@ -6,6 +7,7 @@ Regular expressions are matched with ``re.fullmatch`` so that a trailing newline
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 DNS1123_SUBDOMAIN_MAX_LENGTH = 253
@@ -48,6 +50,16 @@ def is_label_key(text: str) -> bool:
     if slash and not is_dns1123_subdomain(prefix):
         return False
     return len(name) <= LABEL_NAME_MAX_LENGTH and _LABEL_TOKEN.fullmatch(name) is not None
+
+
+def is_ip_address(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (a bucket must not be named like one; a
+    certificate lists one as an IP, not a DNS, name)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def capture_id(uid: str) -> str:

@@ -7,7 +7,6 @@ called by URL at ``settings.webhook_host``.
 
 from __future__ import annotations
 
-import ipaddress
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import kopf
 
+from kpcap.names import is_ip_address
 from kpcap.tls import self_signed_certificate
 from kpcap_operator.settings import OperatorSettings
 
@@ -55,8 +55,8 @@ def webhook_server(settings: OperatorSettings, *, pod_ip: str = "") -> kopf.Webh
         if settings.webhook_service:
             svc, ns = settings.webhook_service, settings.namespace
             names += [svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local"]
-        ips = [ip for ip in {settings.webhook_host, pod_ip, "127.0.0.1"} if ip and _is_ip(ip)]
-        names += [h for h in (settings.webhook_host,) if h and not _is_ip(h)]
+        ips = [ip for ip in {settings.webhook_host, pod_ip, "127.0.0.1"} if ip and is_ip_address(ip)]
+        names += [h for h in (settings.webhook_host,) if h and not is_ip_address(h)]
         cert, key = self_signed_certificate(common_name="kpcap-webhook", dns_names=names, ip_addresses=ips)
         directory = Path(tempfile.mkdtemp(prefix="kpcap-webhook-"))
         certfile, keyfile = directory / "tls.crt", directory / "tls.key"
@@ -86,11 +86,3 @@ def webhook_server(settings: OperatorSettings, *, pod_ip: str = "") -> kopf.Webh
 class _Tls:
     certfile: str
     keyfile: str
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
