@@ -306,7 +306,12 @@ def filter_to_dict(capture_filter: CaptureFilter) -> dict[str, Any]:
 
 
 def format_rfc3339(moment: datetime) -> str:
-    """RFC 3339 text of a timezone-aware datetime, with 'Z' for UTC."""
+    """RFC 3339 text of a timezone-aware datetime, with 'Z' for UTC, its precision kept.
+
+    For spec values (``offsetTime``: the instant a user asked for, sub-second and all, round-trips
+    through ``spec_to_dict``) and messages about them. Timestamps kpcap stamps into objects are
+    ``kpcap.kubeapi.status_time`` (whole seconds).
+    """
     if moment.utcoffset() is None:
         raise ValueError("only timezone-aware datetimes have an RFC 3339 form")
     text = moment.isoformat()
