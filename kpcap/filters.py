@@ -331,15 +331,10 @@ def _accepted(fields: list[tuple[int, str, Iterable[object]]]) -> frozenset[tupl
 def _ipv4_fast_path(capture_filter: CaptureFilter) -> _FastPath | None:
     """Untagged IPv4 with a 20-byte header (IHL 5): every field at a fixed offset."""
     network = ETHERNET_HEADER_LENGTH
-    fields: list[tuple[int, str, Iterable[object]]] = [(12, "3s", (_IPV4_SHAPE,))]
-    for address, offset in (
-        (capture_filter.source_address, 12),
-        (capture_filter.destination_address, 16),
-    ):
-        if address is not None:
-            if address.version != 4:
-                return None
-            fields.append((network + offset, "4s", (address.packed,)))
+    addresses = _address_fields(capture_filter, version=4, source=network + 12, destination=network + 16)
+    if addresses is None:
+        return None
+    fields: list[tuple[int, str, Iterable[object]]] = [(12, "3s", (_IPV4_SHAPE,)), *addresses]
     protocols = _allowed_protocols(capture_filter)
     if protocols is not None:
         fields.append((network + 9, "B", protocols))
@@ -353,15 +348,10 @@ def _ipv4_fast_path(capture_filter: CaptureFilter) -> _FastPath | None:
 def _ipv6_fast_path(capture_filter: CaptureFilter) -> _FastPath | None:
     """Untagged IPv6: the fixed 40-byte header and, for ports, the transport header right after it."""
     network = ETHERNET_HEADER_LENGTH
-    fields: list[tuple[int, str, Iterable[object]]] = [(12, "2s", (_IPV6_SHAPE,))]
-    for address, offset in (
-        (capture_filter.source_address, 8),
-        (capture_filter.destination_address, 24),
-    ):
-        if address is not None:
-            if address.version != 6:
-                return None
-            fields.append((network + offset, "16s", (address.packed,)))
+    addresses = _address_fields(capture_filter, version=6, source=network + 8, destination=network + 24)
+    if addresses is None:
+        return None
+    fields: list[tuple[int, str, Iterable[object]]] = [(12, "2s", (_IPV6_SHAPE,)), *addresses]
     protocols = _allowed_protocols(capture_filter)
     if protocols is not None:
         fields.append((network + 6, "B", protocols))
@@ -369,6 +359,23 @@ def _ipv6_fast_path(capture_filter: CaptureFilter) -> _FastPath | None:
     # With a protocol but no port, a Fragment header may carry the protocol (read by the general path).
     decided = not (capture_filter.protocol is not None and not _has_port(capture_filter))
     return _fast_path(fields, decided_shape=_IPV6_SHAPE if decided else None)
+
+
+def _address_fields(
+    capture_filter: CaptureFilter, *, version: int, source: int, destination: int
+) -> list[tuple[int, str, Iterable[object]]] | None:
+    """The filter's addresses as fields at ``source`` and ``destination``; None if one is of the
+    other IP version (no frame of this family can match: the fast path is off)."""
+    fields: list[tuple[int, str, Iterable[object]]] = []
+    for address, offset in (
+        (capture_filter.source_address, source),
+        (capture_filter.destination_address, destination),
+    ):
+        if address is not None:
+            if address.version != version:
+                return None
+            fields.append((offset, f"{len(address.packed)}s", (address.packed,)))
+    return fields
 
 
 def _has_port(capture_filter: CaptureFilter) -> bool:
