@@ -17,6 +17,11 @@ VERSION: Final = "v1alpha1"
 PLURAL: Final = "packetcaptures"
 KIND: Final = "PacketCapture"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
+# One node's report on one full capture (crds/packetcapturereport.yaml): written by that node's agent.
+REPORT_KIND: Final = "PacketCaptureReport"
+REPORT_PLURAL: Final = "packetcapturereports"
+LABEL_CAPTURE_ID: Final = "kpcap.io/capture-id"
+"""The label tying a capture's DaemonSets and PacketCaptureReports to it (value: the capture id)."""
 
 
 def load_api_client() -> client.ApiClient:

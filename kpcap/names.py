@@ -1,5 +1,5 @@
-"""Kubernetes name rules, the capture id and the IP address test, shared by the model, the
-destinations and the webhook's certificate.
+"""Kubernetes name rules, the capture id, the report names and the IP address test, shared by the
+model, the destinations, the agent, the operator and the webhook's certificate.
 
 Regular expressions are matched with ``re.fullmatch`` so that a trailing newline never slips through
 (``$`` would allow one).
@@ -7,6 +7,7 @@ Regular expressions are matched with ``re.fullmatch`` so that a trailing newline
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 
@@ -78,3 +79,22 @@ def capture_id(uid: str) -> str:
 def is_capture_id(text: str) -> bool:
     """True if ``text`` is already a capture id (32 lowercase hexadecimal characters)."""
     return _CAPTURE_ID.fullmatch(text) is not None
+
+
+# Room kept for the node in a long report name: 32 (id) + "." + 200 + "-" + 16 (hash) = 250 <= 253.
+_REPORT_NODE_PREFIX = 200
+_REPORT_NODE_HASH = 16
+
+
+def report_name(*, capture_id: str, node: str) -> str:
+    """The name of the PacketCaptureReport of ``node`` in capture ``capture_id``: ``<id>.<node>``.
+
+    A valid DNS-1123 subdomain for any node name (node names are subdomains themselves): when the
+    plain form would pass 253 characters, the node is cut to 200 characters (without a trailing '.'
+    or '-', so the name stays valid) and made unique again by the first 16 hex digits of its SHA-256.
+    """
+    plain = f"{capture_id}.{node}"
+    if len(plain) <= DNS1123_SUBDOMAIN_MAX_LENGTH:
+        return plain
+    digest = hashlib.sha256(node.encode()).hexdigest()[:_REPORT_NODE_HASH]
+    return f"{capture_id}.{node[:_REPORT_NODE_PREFIX].rstrip('.-')}-{digest}"

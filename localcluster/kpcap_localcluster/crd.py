@@ -1,4 +1,4 @@
-"""The harness's loader of the PacketCapture CRD, read from the repository.
+"""The harness's loader of kpcap's CRDs (PacketCapture, PacketCaptureReport), read from the repository.
 
 The canonical CRD (``crds/packetcapture.yaml``, copied into the chart) carries CEL rules
 (``x-kubernetes-validations``, Kubernetes >= 1.25). The local cluster's 1.20 apiserver does not know
@@ -17,6 +17,8 @@ from kpcap.crd import without_cel
 from kpcap_localcluster.binaries import REPO_ROOT
 
 CRD_PATH = REPO_ROOT / "crds" / "packetcapture.yaml"
+CRD_FILES = ("packetcapture.yaml", "packetcapturereport.yaml")
+"""Every CRD kpcap installs, by file name (in crds/ and in the chart's crds/)."""
 
 
 def load_crd(path: Path = CRD_PATH, *, strip_cel: bool) -> dict[str, Any]:
@@ -25,3 +27,8 @@ def load_crd(path: Path = CRD_PATH, *, strip_cel: bool) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("kind") != "CustomResourceDefinition":
         raise ValueError(f"{path} is not a CustomResourceDefinition")
     return without_cel(document) if strip_cel else document
+
+
+def load_crds(directory: Path = CRD_PATH.parent, *, strip_cel: bool) -> list[dict[str, Any]]:
+    """Every CRD of ``CRD_FILES`` in ``directory`` (the repository's crds/ or the chart's)."""
+    return [load_crd(directory / name, strip_cel=strip_cel) for name in CRD_FILES]

@@ -1,6 +1,6 @@
 """Install kpcap on a local cluster the way a platform team would: ``helm template`` of the chart.
 
-The CRD goes in first (without its CEL rules: the local apiserver is 1.20), then the rendered chart,
+The CRDs go in first (without their CEL rules: the local apiserver is 1.20), then the rendered chart,
 so the operator and the capture agents run as pods with exactly the chart's ServiceAccounts and
 RBAC. Used by the chart's end-to-end tests and by the demo (the README's main job).
 """
@@ -23,7 +23,7 @@ import yaml
 
 from kpcap_localcluster.binaries import REPO_ROOT, tool
 from kpcap_localcluster.cluster import LocalCluster
-from kpcap_localcluster.crd import load_crd
+from kpcap_localcluster.crd import load_crds
 from kpcap_localcluster.storage import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 
 CHART = REPO_ROOT / "charts" / "kpcap"
@@ -135,9 +135,12 @@ def delete_manifests(cluster: LocalCluster, manifests: str) -> None:
 
 
 def apply_crd(cluster: LocalCluster) -> None:
-    crd = load_crd(CHART / "crds" / "packetcapture.yaml", strip_cel=True)
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/packetcaptures.kpcap.io", "--timeout=60s")
+    """The chart's CRDs (PacketCapture, PacketCaptureReport), established."""
+    crds = load_crds(CHART / "crds", strip_cel=True)
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}))
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
 
 
 def install(

@@ -11,12 +11,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from kpcap.kubeapi import LABEL_CAPTURE_ID
 from kpcap.model import CaptureSpec, spec_to_dict
 from kpcap_operator.settings import OperatorSettings
 
 Json = dict[str, Any]
 
-LABEL_CAPTURE_ID = "kpcap.io/capture-id"
+__all__ = ["LABEL_CAPTURE_ID", "capture_daemonset", "capture_labels", "daemonset_name"]
+
 LABEL_CAPTURE_NAMESPACE = "kpcap.io/capture-namespace"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_CAPTURE_NAME = "kpcap.io/capture-name"

@@ -85,10 +85,15 @@ def test_helm_lint_passes_with_default_and_every_setting() -> None:
             assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_chart_crd_is_byte_identical_to_the_source_of_truth() -> None:
-    assert (CHART / "crds" / "packetcapture.yaml").read_bytes() == (
-        ROOT / "crds" / "packetcapture.yaml"
-    ).read_bytes()
+@pytest.mark.parametrize("crd", ["packetcapture.yaml", "packetcapturereport.yaml"])
+def test_chart_crd_is_byte_identical_to_the_source_of_truth(crd: str) -> None:
+    assert (CHART / "crds" / crd).read_bytes() == (ROOT / "crds" / crd).read_bytes()
+
+
+def test_every_crd_of_the_repository_is_in_the_chart() -> None:
+    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(
+        p.name for p in (CHART / "crds").glob("*.yaml")
+    )
 
 
 def _leaves(values: Any, prefix: str = "") -> dict[str, Any]:
@@ -239,7 +244,11 @@ def test_default_render_is_locked_down() -> None:
     (agent_role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kpcap-agent"]
     assert agent_role["rules"] == [
         {"apiGroups": ["kpcap.io"], "resources": ["packetcaptures"], "verbs": ["get"]},
-        {"apiGroups": ["kpcap.io"], "resources": ["packetcaptures/status"], "verbs": ["patch"]},
+        {
+            "apiGroups": ["kpcap.io"],
+            "resources": ["packetcapturereports"],
+            "verbs": ["create", "get", "patch"],
+        },
     ]
     (webhook_service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "kpcap-webhook"]
     assert webhook_service["spec"]["ports"] == [
@@ -772,6 +781,8 @@ OPERATOR_CALLS: list[Call] = [
     ("watch", "kpcap.io", "packetcaptures", "", "", "Kopf watches captures (new ones start)"),
     ("patch", "kpcap.io", "packetcaptures", "users-ns", "c", "Kopf adds/removes finalizer kpcap.io/cleanup"),
     ("patch", "kpcap.io", "packetcaptures/status", "users-ns", "c", "the reconciled status is written"),
+    ("list", "kpcap.io", "packetcapturereports", "", "", "the nodes' reports are listed in every namespace"),
+    ("watch", "kpcap.io", "packetcapturereports", "", "", "the nodes' reports are watched into the index"),
     ("create", "", "events", "users-ns", "", "events on the capture"),
     ("list", "", "nodes", "", "", "target nodes resolved from colo/nodeSelector"),
     ("list", "apiextensions.k8s.io", "customresourcedefinitions", "", "", "Kopf notices a (re)created CRD"),
@@ -824,7 +835,9 @@ OPERATOR_CALLS: list[Call] = [
 ]
 AGENT_CALLS: list[Call] = [
     ("get", "kpcap.io", "packetcaptures", "users-ns", "c", "the agent reads its capture (stop, restarts)"),
-    ("patch", "kpcap.io", "packetcaptures/status", "users-ns", "c", "the agent reports its node's result"),
+    ("create", "kpcap.io", "packetcapturereports", "users-ns", "", "the agent's first report creates it"),
+    ("get", "kpcap.io", "packetcapturereports", "users-ns", "r", "a restarted agent reads its report"),
+    ("patch", "kpcap.io", "packetcapturereports", "users-ns", "r", "the agent reports progress and result"),
 ]
 SAMPLER_CALLS: list[Call] = [
     ("create", "authentication.k8s.io", "tokenreviews", "", "", "the sampler checks its callers' tokens"),
@@ -855,6 +868,11 @@ NOT_GRANTED: list[tuple[str, Call]] = [
     (AGENT_SA, ("create", "kpcap.io", "packetcaptures", "users-ns", "", "")),
     (AGENT_SA, ("patch", "kpcap.io", "packetcaptures", "users-ns", "c", "")),
     (AGENT_SA, ("get", "", "secrets", NAMESPACE, "", "")),
+    (AGENT_SA, ("patch", "kpcap.io", "packetcaptures/status", "users-ns", "c", "")),
+    (AGENT_SA, ("list", "kpcap.io", "packetcapturereports", "users-ns", "", "")),
+    (AGENT_SA, ("delete", "kpcap.io", "packetcapturereports", "users-ns", "r", "")),
+    (OPERATOR_SA, ("patch", "kpcap.io", "packetcapturereports", "users-ns", "r", "")),
+    (OPERATOR_SA, ("create", "kpcap.io", "packetcapturereports", "users-ns", "", "")),
 ]
 
 
@@ -960,7 +978,7 @@ def test_rbac_each_verb_of_each_rule_is_needed(installation: Installation) -> No
 
 
 @pytest.mark.e2e
-def test_rbac_without_status_patch_the_agents_cannot_report(
+def test_rbac_without_report_writes_the_agents_cannot_report(
     installed: LocalCluster, namespace: str, tmp_path: Path
 ) -> None:
     """Behaviour, not just authorisation: the same capture fails when the agents may not report."""
@@ -968,7 +986,7 @@ def test_rbac_without_status_patch_the_agents_cannot_report(
     ref = f"clusterrole/{RELEASE}-agent"
     original = json.loads(cluster.kubectl("get", ref, "-o", "json").stdout)
     reduced = json.loads(json.dumps(original))
-    reduced["rules"] = [r for r in reduced["rules"] if r["resources"] != ["packetcaptures/status"]]
+    reduced["rules"] = [r for r in reduced["rules"] if r["resources"] != ["packetcapturereports"]]
     cluster.kubectl("replace", "-f", "-", stdin=json.dumps(reduced))
     try:
         assert cluster.s3 is not None

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from kpcap.kubeapi import GROUP, PLURAL
+from kpcap.kubeapi import GROUP, PLURAL, REPORT_PLURAL
 from kpcap_localcluster.cluster import LocalCluster
-from kpcap_localcluster.crd import load_crd
+from kpcap_localcluster.crd import load_crds
 from kpcap_localcluster.install import storage_credentials
 
 OPERATOR_NAMESPACE = "kpcap-system"
@@ -23,7 +23,7 @@ CREDENTIALS_SECRET = "kpcap-storage-credentials"
 
 AGENT_RULES = [
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
+    {"apiGroups": [GROUP], "resources": [REPORT_PLURAL], "verbs": ["create", "get", "patch"]},
 ]
 
 # Every sampled packet kept (rate 1) so tests can count exactly; the operator's ServiceAccount
@@ -72,9 +72,12 @@ def _base_manifests() -> list[dict[str, Any]]:
 
 
 def install_kpcap_objects(cluster: LocalCluster) -> None:
-    """The CRD (without CEL: the test apiserver is 1.20), the operator namespace, the agent's RBAC."""
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(load_crd(strip_cel=True)))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s")
+    """The CRDs (without CEL: the test apiserver is 1.20), the operator namespace, the agent's RBAC."""
+    crds = load_crds(strip_cel=True)
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}))
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     cluster.kubectl(
         "apply",
         "-f",
