@@ -50,7 +50,9 @@ def main() -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    api = CaptureApi(load_api_client(), namespace=cfg.namespace, name=cfg.name, node=cfg.node)
+    api = CaptureApi(
+        load_api_client(), namespace=cfg.namespace, name=cfg.name, node=cfg.node, uid=cfg.capture_uid
+    )
     try:
         run(cfg=cfg, api=api, stop=stop)
     except Exception as err:

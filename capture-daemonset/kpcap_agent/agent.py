@@ -1,6 +1,6 @@
 """One node's part of a full capture: capture, upload, report; then idle until the DaemonSet goes.
 
-Restart-safe: the node's entry under ``status.nodes`` says how far an earlier run of this pod got.
+Restart-safe: the node's PacketCaptureReport says how far an earlier run of this pod got.
 ``done``/``failed``: nothing to do. ``running``/``uploading`` with the PCAP still on the pod's
 emptyDir: upload that file (the capture is not repeated). Nothing on disk: the node fails with a
 message saying so. A file that could not be uploaded is kept until the node has reported.
@@ -31,6 +31,8 @@ from kpcap_agent.report import CaptureApi, CaptureNotFoundError, NodeReport
 
 log = logging.getLogger(__name__)
 
+# Defaults; the operator scales both with the capture's node count (KPCAP_PROGRESS_INTERVAL_SECONDS,
+# KPCAP_STOP_POLL_SECONDS, from kpcap_operator.manifests) so the apiserver load stays flat.
 PROGRESS_INTERVAL = 2.0
 STOP_POLL_INTERVAL = 1.0
 # How long the end of a capture waits for an in-flight progress write or stop poll: the write is
@@ -56,6 +58,10 @@ class AgentConfig:
     upload_deadline_seconds: float | None = None
     """Seconds after ``status.started + timeLimit`` by which upload retries stop (the operator
     derives it from its report grace); None: the storage layer's own deadline."""
+    capture_uid: str | None = None
+    """The capture's metadata.uid (its report's owner); None: read from the capture."""
+    progress_interval: float = PROGRESS_INTERVAL
+    stop_poll_interval: float = STOP_POLL_INTERVAL
 
     @property
     def pcap_path(self) -> Path:
@@ -87,6 +93,7 @@ class AgentConfig:
         listed = envconfig.string(source, "KPCAP_INTERFACES", default="")
         interfaces = tuple(i for i in listed.split(",") if i) or None
         deadline = envconfig.optional(source, "KPCAP_UPLOAD_DEADLINE_SECONDS")
+        scaled = "set by the operator from the capture's node count"
         return AgentConfig(
             namespace=source["KPCAP_CAPTURE_NAMESPACE"],
             name=source["KPCAP_CAPTURE_NAME"],
@@ -104,6 +111,23 @@ class AgentConfig:
                 low=1.0,
                 high=86400.0,
                 what="set by the operator from its report grace",
+            ),
+            capture_uid=envconfig.optional(source, "KPCAP_CAPTURE_UID"),
+            progress_interval=envconfig.number(
+                source,
+                "KPCAP_PROGRESS_INTERVAL_SECONDS",
+                default=PROGRESS_INTERVAL,
+                low=0.1,
+                high=3600.0,
+                what=scaled,
+            ),
+            stop_poll_interval=envconfig.number(
+                source,
+                "KPCAP_STOP_POLL_SECONDS",
+                default=STOP_POLL_INTERVAL,
+                low=0.1,
+                high=600.0,
+                what=scaled,
             ),
         )
 
@@ -165,7 +189,7 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
         open_live_source(filter_expression=expression, interfaces=cfg.interfaces) as source,
         PcapWriter(path=cfg.pcap_path) as writer,
     ):
-        # Creates this node's entry, before any progress report (those only replace a running one).
+        # Creates this node's report, before any progress report (those only replace a running one).
         api.report(NodeReport(phase=NodePhase.RUNNING))
 
         def progress() -> None:
@@ -181,7 +205,7 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
 
         def watch_stop() -> None:
             try:
-                body = api.read()
+                body = api.read(cached=True)
             except CaptureNotFoundError:
                 stop.set()
                 return
@@ -190,8 +214,8 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
                 stop.set()
 
         reporters = [
-            Periodic(interval=PROGRESS_INTERVAL, action=progress),
-            Periodic(interval=STOP_POLL_INTERVAL, action=watch_stop),
+            Periodic(interval=cfg.progress_interval, action=progress),
+            Periodic(interval=cfg.stop_poll_interval, action=watch_stop),
         ]
         try:
             result = run_capture(
@@ -231,7 +255,7 @@ def upload(
     started: datetime | None,
     moving_from: NodePhase,
 ) -> NodeReport | None:
-    """Upload the node's file; its final report, or None when the node's entry had already left
+    """Upload the node's file; its final report, or None when the node's report had already left
     ``moving_from`` (someone else's report ended it: nothing left to do here)."""
     destination = cfg.spec.destination
     assert destination is not None  # noqa: S101 - checked in AgentConfig.from_env
@@ -262,14 +286,14 @@ def _count(path: Path) -> tuple[int, int]:
 
 
 def _wait_for_handover(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> bool:
-    """True once this node's entry shows done/failed (the previous pod finished its work)."""
+    """True once this node's report shows done/failed (the previous pod finished its work)."""
     deadline = time.monotonic() + HANDOVER_SECONDS
     while time.monotonic() < deadline and not stop.wait(1.0):
         try:
-            body = api.read()
+            api.read()
         except CaptureNotFoundError:
             return True
-        phase = (((body.get("status") or {}).get("nodes") or {}).get(cfg.node) or {}).get("phase")
+        phase = api.own_entry().get("phase")
         if phase in (NodePhase.DONE, NodePhase.FAILED):
             log.info("the previous agent of %s finished (%s): nothing left to do", cfg.node, phase)
             return True
@@ -285,7 +309,7 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
         return None
     status = body.get("status") or {}
     started = parse_time(status.get("started"))
-    mine = (status.get("nodes") or {}).get(cfg.node) or {}
+    mine = api.own_entry()
     phase = mine.get("phase")
     if phase in (NodePhase.DONE, NodePhase.FAILED) or status.get("status") in TERMINAL:
         log.info(

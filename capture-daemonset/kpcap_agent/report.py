@@ -1,14 +1,16 @@
-"""How the agent talks to Kubernetes: read its capture, patch its own node's status entry.
+"""How the agent talks to Kubernetes: read its capture, write its node's PacketCaptureReport.
 
-The agent's ServiceAccount may only read PacketCaptures and patch their status; this module makes
-exactly those two calls and nothing else.
+The agent's ServiceAccount may only get PacketCaptures and create, get and patch
+PacketCaptureReports; this module makes exactly those calls and nothing else. The report is one
+object per (capture, node) in the capture's namespace (``kpcap.names.report_name``), owned by the
+capture so the garbage collector deletes it with the capture.
 
 Reports never go backwards, whatever order the writes land in (a write cut off by a client-side
-timeout can still be applied later): a node's first ``running`` report and its terminal report
-(``done``/``failed``) are merge patches that always land; every report between them (progress,
-``uploading``) is a JSON Patch whose first op tests that the entry is still in the phase the
-report moves from, so a report computed before a later one landed is refused (HTTP 422) and
-dropped instead of replacing it.
+timeout can still be applied later): a node's first ``running`` report creates the object and its
+terminal report (``done``/``failed``) is a merge patch that always lands; every report between them
+(progress, ``uploading``) is a JSON Patch whose first op tests that ``/status/phase`` is still the
+phase the report moves from, so a report computed before a later one landed is refused (HTTP 422)
+and dropped instead of replacing it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,24 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kpcap.kubeapi import GROUP, PLURAL, VERSION, status_time
+from kpcap.kubeapi import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_CAPTURE_ID,
+    PLURAL,
+    REPORT_KIND,
+    REPORT_PLURAL,
+    VERSION,
+    status_time,
+)
 from kpcap.model import NodePhase
+from kpcap.names import capture_id, report_name
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+CREATE = "application/json"
+"""The content type of the first report: a POST that creates the object."""
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +75,36 @@ class CaptureNotFoundError(LookupError):
 
 
 class CaptureApi:
-    """The agent's adapter to Kubernetes; ``api`` comes from ``kpcap.kubeapi.load_api_client``."""
+    """The agent's adapter to Kubernetes; ``api`` comes from ``kpcap.kubeapi.load_api_client``.
 
-    def __init__(self, api: client.ApiClient, *, namespace: str, name: str, node: str) -> None:
+    ``uid`` is the capture's ``metadata.uid`` (the DaemonSet's KPCAP_CAPTURE_UID): the report's
+    owner and, without dashes, the capture id in its name. Without it the capture is read once.
+    """
+
+    def __init__(
+        self, api: client.ApiClient, *, namespace: str, name: str, node: str, uid: str | None = None
+    ) -> None:
         self.api = api
-        self.custom = client.CustomObjectsApi(self.api)
         self.namespace, self.name, self.node = namespace, name, node
+        self._uid = uid
 
-    def read(self) -> dict[str, Any]:
+    @property
+    def uid(self) -> str:
+        if self._uid is None:
+            self._uid = str(self.read()["metadata"]["uid"])
+        return self._uid
+
+    @property
+    def report_name(self) -> str:
+        """This node's PacketCaptureReport (same namespace as the capture)."""
+        return report_name(capture_id=capture_id(self.uid), node=self.node)
+
+    def read(self, *, cached: bool = False) -> dict[str, Any]:
+        """The PacketCapture. ``cached``: from the apiserver's watch cache (resourceVersion=0), not
+        etcd: what the stop watcher polls with, so thousands of agents polling cost etcd nothing."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{self.name}"
         try:
-            body: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name
-            )
+            body: dict[str, Any] = self._call(path, "GET", query=[("resourceVersion", "0")] if cached else [])
         except ApiException as err:
             if err.status == 404:
                 raise CaptureNotFoundError(
@@ -80,47 +113,52 @@ class CaptureApi:
             raise
         return body
 
+    def own_entry(self) -> dict[str, Any]:
+        """This node's report as stored (its ``status``); empty when there is none yet."""
+        try:
+            body = self._call(self._report_path(), "GET")
+        except ApiException as err:
+            if err.status == 404:
+                return {}
+            raise
+        return dict(body.get("status") or {})
+
     def write_for(self, report: NodeReport, *, moving_from: NodePhase | None = None) -> NodeWrite:
         """The write of ``report``, built now (its ``updated`` is now) to be sent by ``send``.
 
-        ``moving_from`` None: a merge patch that always lands (the first ``running`` report, which
-        creates the entry, and the terminal reports). Otherwise a JSON Patch that lands only while
-        the entry's phase is still ``moving_from``. A terminal report is always a merge patch.
+        ``moving_from`` None: the first ``running`` report, which creates the object. A terminal
+        report is a merge patch that always lands (whatever ``moving_from``). Otherwise a JSON Patch
+        that lands only while the report's phase is still ``moving_from``.
         """
         entry = report.as_status_entry()
-        if moving_from is None or report.phase in (NodePhase.DONE, NodePhase.FAILED):
-            return NodeWrite(
-                report=report, content_type=MERGE_PATCH, body={"status": {"nodes": {self.node: entry}}}
-            )
-        where = f"/status/nodes/{json_pointer_token(self.node)}"
+        if report.phase in (NodePhase.DONE, NodePhase.FAILED):
+            return NodeWrite(report=report, content_type=MERGE_PATCH, body={"status": entry})
+        if moving_from is None:
+            return NodeWrite(report=report, content_type=CREATE, body=self._new_report(entry))
         return NodeWrite(
             report=report,
             content_type=JSON_PATCH,
             body=[
-                {"op": "test", "path": f"{where}/phase", "value": moving_from.value},
-                {"op": "replace", "path": where, "value": entry},
+                {"op": "test", "path": "/status/phase", "value": moving_from.value},
+                {"op": "replace", "path": "/status", "value": entry},
             ],
         )
 
     def send(self, write: NodeWrite) -> bool:
-        """Apply ``write`` to ``status.nodes.<this node>`` (no other node's entry is touched).
+        """Write this node's report (no other node's object is touched).
 
-        False: a conditional write found the entry already moved on (a later report landed first),
-        so it was dropped.
+        False: a conditional write found the report already moved on (a later report landed first),
+        or a first report found a terminal one there (a restarted pod), so it was dropped.
         """
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{self.name}/status"
         try:
-            self.api.call_api(
-                path,
-                "PATCH",
-                body=write.body,
-                header_params={"Content-Type": write.content_type, "Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                response_type="object",
-                _return_http_data_only=True,
-            )
+            if write.content_type == CREATE:
+                landed = self._create(write)
+            else:
+                self._patch(write)
+                landed = True
         except ApiException as err:
-            if err.status == 422 and write.content_type == JSON_PATCH:
+            if err.status in (404, 422) and write.content_type == JSON_PATCH:
+                # 422: the test op failed; 404: no report to move on from. Either way nothing to do.
                 log.info(
                     "discarded a stale report of %s (a later one landed first): %s (%s)",
                     self.node,
@@ -129,26 +167,103 @@ class CaptureApi:
                 )
                 return False
             raise
-        log.info("reported %s: %s", self.node, write.report)
-        return True
+        if landed:
+            log.info("reported %s: %s", self.node, write.report)
+        return landed
 
     def report(self, report: NodeReport, *, moving_from: NodePhase | None = None) -> bool:
         """Build and send ``report`` now (see ``write_for``); False when it was stale and dropped."""
         return self.send(self.write_for(report, moving_from=moving_from))
 
+    # --- the calls --------------------------------------------------------------------------------
+
+    def _new_report(self, entry: dict[str, Any]) -> dict[str, Any]:
+        uid = self.uid
+        return {
+            "apiVersion": API_VERSION,
+            "kind": REPORT_KIND,
+            "metadata": {
+                "name": self.report_name,
+                "namespace": self.namespace,
+                "labels": {LABEL_CAPTURE_ID: capture_id(uid)},
+                # The garbage collector deletes the report with its capture.
+                "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": uid}],
+            },
+            "spec": {"capture": self.name, "node": self.node},
+            "status": entry,
+        }
+
+    def _create(self, write: NodeWrite) -> bool:
+        """Create the report; if it exists (a restarted pod), replace a non-terminal one only."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{REPORT_PLURAL}"
+        try:
+            self._call(path, "POST", body=write.body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        else:
+            return True
+        current = self._call(self._report_path(), "GET")
+        phase = (current.get("status") or {}).get("phase")
+        if phase in (NodePhase.DONE, NodePhase.FAILED):
+            log.info("%s already reported %s: %s dropped", self.node, phase, write.report)
+            return False
+        # Conditional on what was just read: a report landing in between wins, this one is dropped.
+        body = {
+            "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+            "status": write.body["status"],
+        }
+        try:
+            self._call(self._report_path(), "PATCH", body=body, content_type=MERGE_PATCH)
+        except ApiException as err:
+            if err.status == 409:
+                log.info("%s's report moved on meanwhile: %s dropped", self.node, write.report)
+                return False
+            raise
+        return True
+
+    def _patch(self, write: NodeWrite) -> None:
+        """A merge patch that finds no report creates it (a terminal report before any other)."""
+        try:
+            self._call(self._report_path(), "PATCH", body=write.body, content_type=write.content_type)
+        except ApiException as err:
+            if err.status != 404 or write.content_type != MERGE_PATCH:
+                raise
+            created = self._new_report(write.body["status"])
+            self._create(NodeWrite(report=write.report, content_type=CREATE, body=created))
+
+    def _report_path(self) -> str:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{REPORT_PLURAL}/{self.report_name}"
+
+    def _call(
+        self,
+        path: str,
+        method: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = self.api.call_api(
+            path,
+            method,
+            query_params=query or [],
+            body=body,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            response_type="object",
+            _return_http_data_only=True,
+        )
+        return answer
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeWrite:
-    """One report as the patch the apiserver gets: built when the report is made, sent later."""
+    """One report as the request the apiserver gets: built when the report is made, sent later."""
 
     report: NodeReport
     content_type: str
     body: Any
-
-
-def json_pointer_token(name: str) -> str:
-    """``name`` as one JSON Pointer reference token (RFC 6901: ``~`` is ``~0``, ``/`` is ``~1``)."""
-    return name.replace("~", "~0").replace("/", "~1")
 
 
 def _reason(err: ApiException) -> str:

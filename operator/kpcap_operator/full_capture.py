@@ -81,6 +81,7 @@ def ensure_daemonset(
         capture_namespace=meta["namespace"],
         spec=spec,
         targets=targets,
+        capture_uid=meta["uid"],
     )
     if cluster.create_daemonset(manifest):
         log.info(

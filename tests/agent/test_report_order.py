@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from kpcap.model import NodePhase, parse_spec
-from kpcap_agent import agent
 from kpcap_agent.agent import AgentConfig, Periodic, capture
-from kpcap_agent.report import JSON_PATCH, MERGE_PATCH, CaptureApi, NodeReport, json_pointer_token
+from kpcap_agent.report import CREATE, JSON_PATCH, MERGE_PATCH, CaptureApi, NodeReport
 
 SLOW_WRITE = 0.6
+PROGRESS_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,8 @@ class SlowProgressApi:
             self.calls.append(Call(report.phase, moving_from is not None, started, time.monotonic()))
         return True
 
-    def read(self) -> dict[str, Any]:
+    def read(self, *, cached: bool = False) -> dict[str, Any]:
+        del cached
         return {"spec": {}, "status": {"status": "running"}}
 
 
@@ -69,13 +68,11 @@ def _config(tmp_path: Path) -> AgentConfig:
         work_dir=tmp_path,
         spec=parse_spec(spec, now=None),
         interfaces=("lo",),
+        progress_interval=PROGRESS_INTERVAL,
     )
 
 
-def test_capture_returns_only_after_the_progress_write_in_flight_and_none_follows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(agent, "PROGRESS_INTERVAL", 0.05)
+def test_capture_returns_only_after_the_progress_write_in_flight_and_none_follows(tmp_path: Path) -> None:
     api = SlowProgressApi()
     stop = threading.Event()
     stopped_at: list[float] = []
@@ -93,7 +90,7 @@ def test_capture_returns_only_after_the_progress_write_in_flight_and_none_follow
     returned = time.monotonic()
     stopper.join()
     # The caller's uploading/final reports would go now: wait as long as several intervals.
-    time.sleep(10 * agent.PROGRESS_INTERVAL + SLOW_WRITE)
+    time.sleep(10 * PROGRESS_INTERVAL + SLOW_WRITE)
 
     first, *progress = api.calls
     assert first.phase == NodePhase.RUNNING, "the entry is created first"
@@ -124,35 +121,48 @@ def test_periodic_stop_and_join_waits_for_the_run_in_flight() -> None:
     assert ran[0][1] <= joined
 
 
+UID = "0123abcd-0000-4000-8000-00000000abcd"
+
+
 def _write_api(node: str) -> CaptureApi:
     no_client: Any = None  # write_for only builds; nothing is sent
-    return CaptureApi(no_client, namespace="ns", name="c", node=node)
+    return CaptureApi(no_client, namespace="ns", name="c", node=node, uid=UID)
 
 
-def test_first_and_terminal_reports_are_merge_patches_that_always_land() -> None:
+def test_the_first_report_creates_the_nodes_report_owned_by_the_capture() -> None:
+    write = _write_api("node-1").write_for(NodeReport(phase=NodePhase.RUNNING))
+    assert write.content_type == CREATE
+    body = write.body
+    assert body["kind"] == "PacketCaptureReport"
+    assert body["metadata"]["name"] == "0123abcd00004000800000000000abcd.node-1"
+    assert body["metadata"]["namespace"] == "ns"
+    assert body["metadata"]["labels"] == {"kpcap.io/capture-id": UID.replace("-", "")}
+    assert body["metadata"]["ownerReferences"] == [
+        {"apiVersion": "kpcap.io/v1alpha1", "kind": "PacketCapture", "name": "c", "uid": UID}
+    ]
+    assert body["spec"] == {"capture": "c", "node": "node-1"}
+    assert body["status"]["phase"] == "running"
+
+
+def test_terminal_reports_are_merge_patches_that_always_land() -> None:
     api = _write_api("node-1")
     for report, moving_from in (
-        (NodeReport(phase=NodePhase.RUNNING), None),
         (NodeReport(phase=NodePhase.DONE, object_uri="s3://b/k"), NodePhase.UPLOADING),
         (NodeReport(phase=NodePhase.FAILED, error="x"), NodePhase.RUNNING),
+        (NodeReport(phase=NodePhase.FAILED, error="x"), None),
     ):
         write = api.write_for(report, moving_from=moving_from)
         assert write.content_type == MERGE_PATCH
-        assert write.body["status"]["nodes"]["node-1"]["phase"] == report.phase.value
+        assert write.body["status"]["phase"] == report.phase.value
 
 
 def test_progress_and_uploading_test_the_phase_they_move_from() -> None:
-    api = _write_api("a~b/c")
+    api = _write_api("node-1")
     write = api.write_for(NodeReport(phase=NodePhase.UPLOADING, packets=4), moving_from=NodePhase.RUNNING)
     assert write.content_type == JSON_PATCH
     test, replace = write.body
-    assert test == {"op": "test", "path": "/status/nodes/a~0b~1c/phase", "value": "running"}
+    assert test == {"op": "test", "path": "/status/phase", "value": "running"}
     assert replace["op"] == "replace"
-    assert replace["path"] == "/status/nodes/a~0b~1c"
+    assert replace["path"] == "/status"
     assert replace["value"]["phase"] == "uploading"
     assert replace["value"]["packets"] == 4
-
-
-@pytest.mark.parametrize(("name", "token"), [("n", "n"), ("~1", "~01"), ("/~", "~1~0"), ("a/b", "a~1b")])
-def test_json_pointer_token(name: str, token: str) -> None:
-    assert json_pointer_token(name) == token

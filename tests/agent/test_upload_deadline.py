@@ -112,3 +112,16 @@ def test_the_spec_in_the_environment_is_the_agents_spec() -> None:
     env = agent_env(OperatorSettings(namespace="kpcap-system", agent_image="agent:1"))
     assert json.loads(env["KPCAP_CAPTURE_SPEC"])["timeLimit"] == SPEC["timeLimit"]
     assert AgentConfig.from_env(env).spec.time_limit == SPEC["timeLimit"]
+
+
+def test_the_agent_reads_the_intervals_and_the_uid_the_operator_sets() -> None:
+    settings = OperatorSettings(namespace="kpcap-system", agent_image="agent:1")
+    env = agent_env(settings) | {
+        "KPCAP_PROGRESS_INTERVAL_SECONDS": "400.0",
+        "KPCAP_STOP_POLL_SECONDS": "10.0",
+        "KPCAP_CAPTURE_UID": "uid-1",
+    }
+    cfg = AgentConfig.from_env(env)
+    assert (cfg.progress_interval, cfg.stop_poll_interval, cfg.capture_uid) == (400.0, 10.0, "uid-1")
+    defaults = AgentConfig.from_env(agent_env(settings))
+    assert (defaults.progress_interval, defaults.stop_poll_interval) == (2.0, 1.0)

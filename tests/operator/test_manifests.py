@@ -220,3 +220,36 @@ def test_storage_credentials_come_from_a_secret_only_when_configured() -> None:
     assert agent(build(settings=settings))["envFrom"] == [
         {"secretRef": {"name": "kpcap-storage", "optional": True}}
     ]
+
+
+@pytest.mark.parametrize(
+    ("targets", "progress", "poll"),
+    [(1, 2.0, 1.0), (10, 2.0, 1.0), (18, 3.6, 1.0), (200, 40.0, 1.0), (2000, 400.0, 10.0)],
+)
+def test_report_and_poll_intervals_grow_with_the_node_count(
+    targets: int, progress: float, poll: float
+) -> None:
+    assert manifests.progress_interval(targets) == pytest.approx(progress)
+    assert manifests.stop_poll_interval(targets) == pytest.approx(poll)
+    # All of a capture's agents together: at most ~5 progress writes/s and ~200 stop polls/s.
+    assert targets / manifests.progress_interval(targets) <= 5.0
+    assert targets / manifests.stop_poll_interval(targets) <= 200.0
+
+
+def test_env_carries_the_intervals_and_the_capture_uid() -> None:
+    nodes = [f"node-{i}" for i in range(50)]
+    values = env(
+        manifests.capture_daemonset(
+            settings=SETTINGS,
+            capture_id=CAPTURE_ID,
+            capture_name="my-capture",
+            capture_namespace="team-a",
+            spec=parse_spec(SPEC, now=None),
+            targets=nodes,
+            capture_uid="uid-1",
+        )
+    )
+    assert values["KPCAP_PROGRESS_INTERVAL_SECONDS"] == "10.0"
+    assert values["KPCAP_STOP_POLL_SECONDS"] == "1.0"
+    assert values["KPCAP_CAPTURE_UID"] == "uid-1"
+    assert "KPCAP_CAPTURE_UID" not in env(build())
