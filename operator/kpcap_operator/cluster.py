@@ -6,6 +6,7 @@ in-memory object (the e2e suite proves ``Kube`` against a real apiserver).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 Json = dict[str, Any]
@@ -28,4 +29,8 @@ class Cluster(Protocol):
 
     def delete_capture_daemonsets(self, capture_id: str) -> list[str]:
         """Delete every DaemonSet of the capture; the names deleted."""
+        ...
+
+    def node_reports(self, capture_id: str) -> Mapping[str, Mapping[str, Any]]:
+        """Node -> the status of its PacketCaptureReport, for every node of the capture that reported."""
         ...

@@ -248,18 +248,87 @@ def aggregate(
     if not all_ended and now < deadline:
         return running
     silent = tuple(sorted(n for n, e in entries.items() if e.get("phase") not in ended))
-    problems = [f"{node}: {error}" for node, error in sorted(failed.items())]
+    # Names listed up to LISTED_MAX each: the message goes into a condition (at most 32 KiB).
+    problems = [f"{node}: {error}" for node, error in sorted(failed.items())[:LISTED_MAX]]
+    if len(failed) > LISTED_MAX:
+        problems.append(f"{len(failed) - LISTED_MAX} more failed (see their PacketCaptureReports)")
     if silent:
         problems.append(
-            f"no report from {', '.join(silent)} within timeLimit + {int(grace.total_seconds())} s"
+            f"no report from {some_nodes(silent)} within timeLimit + {int(grace.total_seconds())} s"
         )
     finished = replace(running, packets_remaining=0, silent_nodes=silent, failed_nodes=failed)
     if problems:
-        kept = f"; files kept from {', '.join(done)}" if done else ""
+        kept = f"; files kept from {some_nodes(done)}" if done else ""
         return replace(finished, status=CaptureStatus.FAILED, error_message="; ".join(problems) + kept)
     if packets == 0:
         return replace(finished, status=CaptureStatus.FAILED, error_message=NO_PACKETS_MESSAGE)
     return replace(finished, status=CaptureStatus.SUCCESS)
+
+
+# --- the capture's bounded status ---------------------------------------------------------------
+
+LISTED_MAX = 50
+"""At most this many node entries and files in a capture's status (the rest: in its reports)."""
+NODES_LISTED = "failed and unfinished"
+
+
+def node_counts(*, targets: Sequence[str], reports: Mapping[str, Mapping[str, Any]]) -> Json:
+    """Target nodes by phase; ``pending``: no report yet."""
+    counts = {"pending": 0, **{phase.value: 0 for phase in NodePhase}}
+    for node in targets:
+        phase = (reports.get(node) or {}).get("phase")
+        counts[phase if phase in counts else "pending"] += 1
+    return counts
+
+
+def listed_nodes(
+    *, targets: Sequence[str], reports: Mapping[str, Mapping[str, Any]], limit: int = LISTED_MAX
+) -> Json:
+    """``nodes`` (and ``nodesListed``) of the status: every reported target up to ``limit`` targets
+    (today's shape); above, the failed nodes, then those reported but not ended, at most ``limit``,
+    and ``nodesListed`` saying so (never a silent cut)."""
+    reported = {node: dict(reports[node]) for node in targets if reports.get(node)}
+    if len(targets) <= limit:
+        return {"nodes": reported}
+    failed = [n for n, e in reported.items() if e.get("phase") == NodePhase.FAILED]
+    unfinished = [
+        n for n, e in reported.items() if e.get("phase") in (NodePhase.RUNNING, NodePhase.UPLOADING)
+    ]
+    wanted = failed + unfinished
+    chosen = wanted[:limit]
+    return {
+        "nodes": {node: reported[node] for node in chosen},
+        "nodesListed": f"{NODES_LISTED}, {len(chosen)} of {len(wanted)}",
+    }
+
+
+def listed_files(files: Sequence[str], *, limit: int = LISTED_MAX) -> Json:
+    """``files`` of the status: all up to ``limit``; above, the first ``limit`` and ``filesTotal``."""
+    if len(files) <= limit:
+        return {"files": list(files)}
+    return {"files": list(files[:limit]), "filesTotal": len(files)}
+
+
+def merge_patch_of(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> Json:
+    """A JSON merge patch turning the map ``current`` into ``wanted``: changed keys as wanted, keys
+    no longer wanted as None (removed); nested maps likewise, unchanged ones left out."""
+    patch: Json = {key: None for key in current if key not in wanted}
+    for key, value in wanted.items():
+        old = current.get(key)
+        if old == value:
+            continue
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            patch[key] = merge_patch_of(old, value)
+        else:
+            patch[key] = value
+    return patch
+
+
+def some_nodes(nodes: Sequence[str]) -> str:
+    """``nodes`` for a message: all of them up to LISTED_MAX, else the first ones and a count."""
+    if len(nodes) <= LISTED_MAX:
+        return ", ".join(nodes)
+    return f"{', '.join(nodes[:LISTED_MAX])} and {len(nodes) - LISTED_MAX} more"
 
 
 def condition(*, kind: str, ok: bool, reason: str, message: str, now: datetime) -> Json:

@@ -1,9 +1,11 @@
 """The full-capture reconciler: start the capture's DaemonSet, fold in the nodes' reports, finish.
 
 Observe before act: the DaemonSet is created only when ``Cluster.capture_daemonsets`` (a watched
-index) shows none, so a running capture makes no write per pass. Everything else the pass needs is
-in the object's status, so a restarted operator picks up where it left. ``status.nodes`` is the
-agents' alone: no Result here carries it, so no operator write can replace a node's report.
+index) shows none, so a running capture makes no write per pass. The nodes' reports are their own
+objects (PacketCaptureReports, read through ``Cluster.node_reports``, a watched index too);
+everything else the pass needs is in the capture's status, so a restarted operator picks up where
+it left. The status stays bounded whatever the node count: ``nodeCounts``, at most 50 node entries
+(``nodesListed`` says which when there are more targets) and 50 files (``filesTotal``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def start(
     ensure_daemonset(body=body, spec=spec, targets=targets, settings=settings, cluster=cluster)
     cid = capture_id(body["metadata"]["uid"])
     stamp = status_time(now)
-    message = f"capturing on {len(targets)} node(s): {', '.join(targets)}"
+    message = f"capturing on {len(targets)} node(s): {decisions.some_nodes(targets)}"
     return Result(
         status={
             "status": CaptureStatus.PENDING.value,
@@ -113,10 +115,11 @@ def progress(
     targets = list(status.get("targetNodes") or [])
     started = parse_time(status.get("started")) or now
     result = Result()
+    reports = cluster.node_reports(capture_id(body["metadata"]["uid"]))
     outcome = decisions.aggregate(
         spec=spec,
         targets=targets,
-        reports=status.get("nodes") or {},
+        reports=reports,
         started=started,
         now=now,
         grace=timedelta(seconds=settings.report_grace_seconds),
@@ -130,16 +133,23 @@ def progress(
         ensure_daemonset(body=body, spec=spec, targets=targets, settings=settings, cluster=cluster)
     else:
         remove_daemonsets(cluster=cluster, body=body, why=outcome.status.value)
+    listed = decisions.listed_nodes(targets=targets, reports=reports)
     result.status.update(
         {
             "status": outcome.status.value,
             "packetsCaptured": outcome.packets_captured,
             "packetsRemaining": outcome.packets_remaining,
             "bytesCaptured": outcome.bytes_captured,
-            "files": list(outcome.files),
+            **decisions.listed_files(outcome.files),
             "nodesSummary": outcome.nodes_summary,
+            "nodeCounts": decisions.node_counts(targets=targets, reports=reports),
+            **({"nodesListed": listed["nodesListed"]} if "nodesListed" in listed else {}),
         }
     )
+    # A merge patch of the entries: one no longer listed is removed, an unchanged one is not sent.
+    nodes_patch = decisions.merge_patch_of(status.get("nodes") or {}, listed["nodes"])
+    if nodes_patch:
+        result.status["nodes"] = nodes_patch
     previous = status.get("status")
     if outcome.finished:
         ok = outcome.status == CaptureStatus.SUCCESS

@@ -94,13 +94,16 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             log.info("%s/%s %s: %s", body.metadata.namespace, body.metadata.name, event.reason, event.message)
-        nodes = (body.get("status") or {}).get("nodes") or {}
+        # Full captures count their nodes by phase (status.nodes may list only some); simple ones list all.
+        counts = result.status.get("nodeCounts") or current.get("nodeCounts")
+        nodes = current.get("nodes") or {}
+        reporting = sum(n for phase, n in counts.items() if phase != "pending") if counts else len(nodes)
         gauge = metrics.NODES_REPORTING.labels(namespace=body.metadata.namespace, capture=body.metadata.name)
         if result.finished is not None:
             metrics.CAPTURES.labels(type=body.spec.get("type", "?"), status=result.finished.value).inc()
             metrics.NODES_REPORTING.remove(body.metadata.namespace, body.metadata.name)
         else:
-            gauge.set(len(nodes))
+            gauge.set(reporting)
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     def clean_finished(body: kopf.Body, status: kopf.Status, **_: Any) -> None:

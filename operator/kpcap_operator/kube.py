@@ -2,22 +2,25 @@
 
 It implements ``cluster.Cluster`` (what the reconcilers and the webhook use) plus what the samplers'
 client needs (pods, tokens). The operator's capture DaemonSets are observed by a list-then-watch
-into a ``DaemonSetIndex``, so a running capture finds its DaemonSet there instead of re-creating it.
+into a ``DaemonSetIndex``, so a running capture finds its DaemonSet there instead of re-creating it;
+the agents' PacketCaptureReports (every namespace) likewise into a ``ReportIndex``, so a pass reads
+its nodes' reports from memory, not from the apiserver.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from kpcap.kubeapi import GROUP, PLURAL, VERSION
+from kpcap.kubeapi import GROUP, LABEL_CAPTURE_ID, PLURAL, REPORT_PLURAL, VERSION
 from kpcap_operator.daemonset_index import DaemonSetIndex
-from kpcap_operator.manifests import LABEL_CAPTURE_ID
+from kpcap_operator.report_index import ReportIndex
 
 Json = dict[str, Any]
 
@@ -37,8 +40,9 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.daemonsets = DaemonSetIndex()
+        self.reports = ReportIndex()
         self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self._watchers: list[threading.Thread] = []
 
     def _json(self, obj: Any) -> Json:
         data: Json = self.api.sanitize_for_serialization(obj)
@@ -120,32 +124,108 @@ class Kube:
             self.daemonsets.removed(capture_id=capture_id, name=name)
         return deleted
 
+    # --- the nodes' reports ------------------------------------------------------------------------
+
+    def node_reports(self, capture_id: str) -> dict[str, Json]:
+        """Node -> report status of the capture: from the watched index; while it is not in step,
+        by a listing of the capture's PacketCaptureReports (its label, every namespace)."""
+        known = self.reports.reports(capture_id)
+        if known is not None:
+            return known
+        listing = self.custom.list_cluster_custom_object(
+            GROUP, VERSION, REPORT_PLURAL, label_selector=f"{LABEL_CAPTURE_ID}={capture_id}"
+        )
+        return {
+            str(item["spec"]["node"]): dict(item.get("status") or {})
+            for item in listing.get("items", [])
+            if (item.get("spec") or {}).get("node")
+        }
+
+    # --- the watches ------------------------------------------------------------------------------
+
     def start_watching(self) -> None:
-        """Keep ``daemonsets`` in step with the cluster from a background thread until ``stop_watching``."""
-        if self._watcher is None:
+        """Keep ``daemonsets`` and ``reports`` in step with the cluster from background threads until
+        ``stop_watching``."""
+        if not self._watchers:
             self._stop.clear()
-            self._watcher = threading.Thread(
-                target=self._watch_daemonsets, name="kpcap-daemonset-watch", daemon=True
-            )
-            self._watcher.start()
+            self._watchers = [
+                threading.Thread(
+                    target=self._keep_watching,
+                    args=("capture DaemonSets", self.daemonsets.lost, self._watch_daemonsets),
+                    name="kpcap-daemonset-watch",
+                    daemon=True,
+                ),
+                threading.Thread(
+                    target=self._keep_watching,
+                    args=("node reports", self.reports.lost, self._watch_reports),
+                    name="kpcap-report-watch",
+                    daemon=True,
+                ),
+            ]
+            for watcher in self._watchers:
+                watcher.start()
 
     def stop_watching(self) -> None:
         self._stop.set()
-        self._watcher = None
+        self._watchers = []
 
-    def _watch_daemonsets(self) -> None:
+    def _keep_watching(
+        self, what: str, lost: Callable[[], None], list_and_watch: Callable[[client.ApiClient], None]
+    ) -> None:
         # Its own connection pool: a watch holds a connection for minutes.
-        apps = client.AppsV1Api(client.ApiClient(self.api.configuration))
+        api = client.ApiClient(self.api.configuration)
         delay = RETRY_SECONDS[0]
         while not self._stop.is_set():
             try:
-                self._list_and_watch(apps)
+                list_and_watch(api)
                 delay = RETRY_SECONDS[0]
             except Exception as err:  # noqa: BLE001 - any failure: list again after a pause, keep observing
-                self.daemonsets.lost()
-                log.warning("watching capture DaemonSets failed (%s); listing by label meanwhile", err)
+                lost()
+                log.warning("watching %s failed (%s); listing by label meanwhile", what, err)
                 self._stop.wait(delay)
                 delay = min(delay * 2, RETRY_SECONDS[1])
+
+    def _watch_daemonsets(self, api: client.ApiClient) -> None:
+        self._list_and_watch(client.AppsV1Api(api))
+
+    def _watch_reports(self, api: client.ApiClient) -> None:
+        """List every report once, then follow: a watch that ends in time is resumed from where it
+        was (a listing of every report of every capture is not repeated every few minutes); a
+        broken one (410 Gone, an error) raises, and the caller lists again."""
+        custom = client.CustomObjectsApi(api)
+        listing = custom.list_cluster_custom_object(
+            GROUP, VERSION, REPORT_PLURAL, label_selector=LABEL_CAPTURE_ID
+        )
+        self.reports.replace_all(
+            entry for entry in (_report_entry(item) for item in listing.get("items", [])) if entry is not None
+        )
+        version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
+        while not self._stop.is_set():
+            stream = watch.Watch()
+            for event in stream.stream(
+                custom.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                REPORT_PLURAL,
+                label_selector=LABEL_CAPTURE_ID,
+                resource_version=version,
+                timeout_seconds=WATCH_SECONDS,
+            ):
+                if self._stop.is_set():
+                    stream.stop()
+                    return
+                kind, item = event["type"], event["object"]
+                if kind == "ERROR":
+                    raise RuntimeError(f"watch error: {item}")
+                version = str(item["metadata"].get("resourceVersion") or version)
+                entry = _report_entry(item)
+                if entry is None:
+                    continue
+                capture_id, node, status = entry
+                if kind == "DELETED":
+                    self.reports.removed(capture_id=capture_id, node=node)
+                else:
+                    self.reports.updated(capture_id=capture_id, node=node, status=status)
 
     def _list_and_watch(self, apps: client.AppsV1Api) -> None:
         listing = apps.list_namespaced_daemon_set(self.namespace, label_selector=LABEL_CAPTURE_ID)
@@ -173,3 +253,12 @@ class Kube:
                 self.daemonsets.removed(capture_id=cid, name=name)
             else:
                 self.daemonsets.added(capture_id=cid, name=name)
+
+
+def _report_entry(item: Json) -> tuple[str, str, Json] | None:
+    """(capture id, node, status) of a PacketCaptureReport; None for one that is not an agent's."""
+    capture_id = ((item.get("metadata") or {}).get("labels") or {}).get(LABEL_CAPTURE_ID)
+    node = (item.get("spec") or {}).get("node")
+    if not capture_id or not node:
+        return None
+    return str(capture_id), str(node), dict(item.get("status") or {})

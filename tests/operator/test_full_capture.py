@@ -81,7 +81,7 @@ def run_pass(cluster: InMemoryCluster, clock: Clock) -> Callable[..., Result]:
 
 
 def report(cluster: InMemoryCluster, body: dict[str, Any], node_name: str, **entry: Any) -> None:
-    cluster.patch_status(body, {"nodes": {node_name: entry}})
+    cluster.report(body, node_name, **entry)
 
 
 def test_an_admitted_full_capture_gets_one_daemonset_on_its_colo_nodes(

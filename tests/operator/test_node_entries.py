@@ -1,8 +1,9 @@
-"""The nodes' entries under ``status.nodes`` are the agents' alone: no operator write touches them.
+"""The nodes' entries under ``status.nodes`` are copies of the agents' PacketCaptureReports (issue 17).
 
 A node's terminal report is final (the agents' writes ensure no late progress replaces it, see
-tests/agent/test_report_order_e2e.py); this is the operator's half: its status patches never carry
-``nodes``, so nothing it writes, however late it lands, can overwrite a node's entry.
+tests/agent/test_report_order_e2e.py, and the operator's ReportIndex never replaces a terminal entry,
+tests/operator/test_report_index.py); this is the operator's half: its status patches only move a
+node's entry forward, never from a terminal phase back, and end equal to the reports.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def test_no_pass_of_a_full_capture_writes_a_node_entry() -> None:
     }
     patches: list[dict[str, Any]] = []
     for second in range(8):
-        cluster.patch_status(body, {"nodes": reports.get(second, {})})
+        for name, entry in reports.get(second, {}).items():
+            cluster.report(body, name, **entry)
         result = reconcile(
             body=cluster.get(body),
             settings=SETTINGS,
@@ -53,7 +55,13 @@ def test_no_pass_of_a_full_capture_writes_a_node_entry() -> None:
         cluster.patch_status(body, result.status)
         clock[0] += timedelta(seconds=1)
     status = cluster.get(body)["status"]
-    assert all("nodes" not in patch for patch in patches), [sorted(p) for p in patches]
+    ended: set[str] = set()
+    for patch in patches:
+        for name, entry in (patch.get("nodes") or {}).items():
+            assert name not in ended, f"a patch touched {name}'s entry after its terminal report: {patch}"
+            if (entry or {}).get("phase") in ("done", "failed"):
+                ended.add(name)
+    assert ended == {"kpcap-node-1", "kpcap-node-2"}
     assert status["status"] == "failed"
     assert status["files"] == ["s3://b/kpcap-node-1.pcap"]
     assert status["nodes"]["kpcap-node-1"] == reports[3]["kpcap-node-1"]

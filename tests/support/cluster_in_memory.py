@@ -56,7 +56,8 @@ def capture(
 
 @dataclass
 class InMemoryCluster:
-    """Captures, nodes and the operator namespace's DaemonSets; every DaemonSet write recorded."""
+    """Captures, nodes, the operator namespace's DaemonSets and the nodes' reports; every DaemonSet
+    write recorded."""
 
     nodes: list[Json] = field(default_factory=list)
     captures: dict[tuple[str, str], Json] = field(default_factory=dict)
@@ -66,6 +67,8 @@ class InMemoryCluster:
     conflicts: int = 0
     deletes: list[str] = field(default_factory=list)
     reads: int = 0
+    reports: dict[str, dict[str, Json]] = field(default_factory=dict)
+    """Capture id -> node -> the status of its PacketCaptureReport (what the agents wrote)."""
 
     # --- the Cluster interface ---------------------------------------------------------------------
 
@@ -100,7 +103,14 @@ class InMemoryCluster:
             self.deletes.append(name)
         return names
 
+    def node_reports(self, capture_id: str) -> dict[str, Json]:
+        return copy.deepcopy(self.reports.get(capture_id, {}))
+
     # --- what tests do to it -----------------------------------------------------------------------
+
+    def report(self, body: Mapping[str, Any], node: str, **entry: Any) -> None:
+        """What a node's agent does: write its report (the whole status of its PacketCaptureReport)."""
+        self.reports.setdefault(capture_id(body["metadata"]["uid"]), {})[node] = dict(entry)
 
     def add(self, body: Json) -> Json:
         meta = body["metadata"]
