@@ -105,12 +105,14 @@ def create_app(
     services: Services | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[envelope_middleware])
+    kube = Kube(api, namespace=settings.operator_namespace)
     app[SERVICES] = services or Services(
         settings=settings,
         authorizer=Authorizer(api),
-        captures=Kube(api, namespace=settings.operator_namespace),
+        captures=kube,
         ownerships=own.OwnershipStore(api, namespace=settings.operator_namespace),
-        open_download=partial(open_capture_download, sample_store=sample_store),
+        # A large capture's files beyond status.files come from its reports (listed by label).
+        open_download=partial(open_capture_download, sample_store=sample_store, reports=kube.node_reports),
     )
     base = PREFIX + ACCOUNT
     app.router.add_get(f"{PREFIX}/openapi.json", openapi)

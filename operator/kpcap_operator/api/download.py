@@ -6,27 +6,45 @@ Each file is read as an iterator of chunks (``kpcap.storage`` ObjectReader) and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kpcap.destinations import Destination, parse_destination
 from kpcap.errors import SpecInvalid
-from kpcap.model import CaptureType, capture_id
+from kpcap.model import CaptureType, NodePhase, capture_id
 from kpcap.pcap import CHUNK_SIZE, PcapFormatError, PcapRecords, merge
 from kpcap.storage import ObjectReader, ObjectStore, open_store
 from kpcap_operator.samples import SampleStore
 
+NodeReports = Callable[[str], Mapping[str, Mapping[str, Any]]]
+"""Capture id -> node -> the status of its PacketCaptureReport (``kube.Kube.node_reports``)."""
+
 # --- a capture's files ----------------------------------------------------------------------------
 
 
-def file_keys(capture: Mapping[str, Any]) -> tuple[Destination, list[str]]:
-    """The store and the object keys of a capture's files (``status.files``), in that order.
+def file_uris(capture: Mapping[str, Any], *, reports: NodeReports | None = None) -> list[str]:
+    """Every file of the capture: ``status.files``, or, when that lists only the first ones
+    (``filesTotal``, over 50 nodes), the objectUri of each done node's report in target order
+    (the order ``status.files`` has)."""
+    status = capture.get("status") or {}
+    files = [str(f) for f in status.get("files") or []]
+    if reports is None or int(status.get("filesTotal") or 0) <= len(files):
+        return files
+    by_node = reports(capture_id(capture["metadata"]["uid"]))
+    done = [by_node.get(node) or {} for node in status.get("targetNodes") or []]
+    return [str(e["objectUri"]) for e in done if e.get("phase") == NodePhase.DONE and e.get("objectUri")]
+
+
+def file_keys(
+    capture: Mapping[str, Any], *, reports: NodeReports | None = None
+) -> tuple[Destination, list[str]]:
+    """The store and the object keys of a capture's files (``file_uris``), in that order.
 
     The store comes from ``spec.destinationConf`` (it carries the region and endpoint the URIs lack);
     a file URI outside that bucket is refused rather than fetched.
     """
     spec = capture.get("spec") or {}
-    files = [str(f) for f in (capture.get("status") or {}).get("files") or []]
+    files = file_uris(capture, reports=reports)
     text = spec.get("destinationConf")
     if text is None and files:
         scheme, _, rest = files[0].partition("://")
@@ -80,14 +98,16 @@ class MergedDownload:
             self._store.close()
 
 
-def open_capture_download(capture: Mapping[str, Any], *, sample_store: SampleStore | None) -> MergedDownload:
+def open_capture_download(
+    capture: Mapping[str, Any], *, sample_store: SampleStore | None, reports: NodeReports | None = None
+) -> MergedDownload:
     """A finished capture's PCAP: a simple capture's file in the operator's own store, or a full
-    capture's node files merged from its bucket."""
+    capture's node files merged from its bucket (all of them: from ``reports`` past 50 files)."""
     if (capture.get("spec") or {}).get("type") == CaptureType.SIMPLE.value:
         if sample_store is None:
             raise PcapFormatError("this operator keeps no simple captures (no sample store configured)")
         meta = capture["metadata"]
         key = sample_store.key(namespace=meta["namespace"], capture_id=capture_id(meta["uid"]))
         return MergedDownload(sample_store.store, [key], close_store=False)
-    destination, keys = file_keys(capture)
+    destination, keys = file_keys(capture, reports=reports)
     return MergedDownload(open_store(destination), keys, close_store=True)
