@@ -43,8 +43,8 @@ def _agent(captures: Captures, name: str, node: str = NODE) -> CaptureApi:
 
 
 def _entry(captures: Captures, name: str, node: str = NODE) -> dict[str, Any]:
-    entry: dict[str, Any] = (captures.status(name).get("nodes") or {})[node]
-    return entry
+    """The node's report as stored (its PacketCaptureReport's status)."""
+    return captures.node_report(name, node)
 
 
 def _operator_view(captures: Captures, name: str) -> Outcome:
@@ -54,7 +54,7 @@ def _operator_view(captures: Captures, name: str) -> Outcome:
     return aggregate(
         spec=parse_spec(body["spec"], now=None),
         targets=[NODE],
-        reports=(body.get("status") or {}).get("nodes") or {},
+        reports={NODE: _entry(captures, name)},
         started=now,
         now=now,
         grace=timedelta(seconds=60),
@@ -130,10 +130,10 @@ def test_progress_in_order_replaces_the_entry_and_a_restart_may_resume_uploading
     assert _entry(captures, name)["objectUri"] == URI
 
 
-def test_entry_names_json_pointer_escapes(captures: Captures) -> None:
-    """``~`` and ``/`` in the entry's key reach the right entry (RFC 6901 escapes), none other."""
+def test_each_node_writes_its_own_report(captures: Captures) -> None:
+    """Node names that are prefixes of each other reach their own report objects, none other."""
     name = _created(captures)
-    odd, plain = "node~1/a", "node~1"
+    odd, plain = "node-1.a", "node-1"
     for node in (odd, plain):
         _agent(captures, name, node).report(NodeReport(phase=NodePhase.RUNNING))
     assert _agent(captures, name, odd).report(_progress(3), moving_from=NodePhase.RUNNING)

@@ -1,7 +1,7 @@
 """PacketCapture objects in tests: bodies, a valid full spec, and a client for one namespace.
 
-Node reports are written the way the capture agent writes them: a merge patch of its own entry under
-``status.nodes``, with the agent ServiceAccount's token, so its RBAC is exercised too.
+Node reports are written the way the capture agent writes them: its node's PacketCaptureReport,
+created and then merge-patched, with the agent ServiceAccount's token, so its RBAC is exercised too.
 """
 
 from __future__ import annotations
@@ -9,8 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
-from kpcap.kubeapi import API_VERSION, GROUP, PLURAL, VERSION, status_time
+from kpcap.kubeapi import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_CAPTURE_ID,
+    PLURAL,
+    REPORT_KIND,
+    REPORT_PLURAL,
+    VERSION,
+    status_time,
+)
+from kpcap.names import capture_id, report_name
 from kpcap_localcluster.cluster import LocalCluster
 from tests.support.kpcap_install import AGENT_SA, OPERATOR_NAMESPACE
 from tests.support.waiting import wait_for
@@ -92,16 +104,40 @@ class Captures:
         return self._agent_api
 
     def report(self, name: str, node: str, **entry: Any) -> None:
-        """What an agent does: merge-patch its own node's entry under status.nodes."""
+        """What an agent does: create its node's PacketCaptureReport, or merge-patch its status."""
         entry.setdefault("updated", status_time())
-        self.agent_api.api_client.call_api(
-            f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{name}/status",
-            "PATCH",
-            body={"status": {"nodes": {node: entry}}},
-            header_params={"Content-Type": "application/merge-patch+json"},
-            auth_settings=["BearerToken"],
-            response_type="object",
+        uid = self.get(name)["metadata"]["uid"]
+        cid = capture_id(uid)
+        report = report_name(capture_id=cid, node=node)
+        body: dict[str, Any] = {
+            "apiVersion": API_VERSION,
+            "kind": REPORT_KIND,
+            "metadata": {
+                "name": report,
+                "labels": {LABEL_CAPTURE_ID: cid},
+                "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid}],
+            },
+            "spec": {"capture": name, "node": node},
+            "status": entry,
+        }
+        try:
+            self.agent_api.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, REPORT_PLURAL, body
+            )
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            self.agent_api.patch_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, REPORT_PLURAL, report, {"status": entry}
+            )
+
+    def node_report(self, name: str, node: str) -> dict[str, Any]:
+        """The status of ``node``'s PacketCaptureReport for capture ``name`` (as the agent wrote it)."""
+        cid = capture_id(self.get(name)["metadata"]["uid"])
+        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, REPORT_PLURAL, report_name(capture_id=cid, node=node)
         )
+        return dict(found.get("status") or {})
 
     def delete(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
