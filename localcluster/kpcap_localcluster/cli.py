@@ -1,6 +1,8 @@
 """``kpcap-localcluster``: start a local cluster for exploring, or clean up after a crashed one.
 
-kpcap-localcluster up [--nodes 3]   start, print how to reach it, run until Ctrl-C, then tear down
+kpcap-localcluster up [--nodes 3] [--light-nodes N]
+                                    start, print how to reach it, run until Ctrl-C, then tear down
+                                    (--light-nodes: N more Nodes kept by one hollow process)
 kpcap-localcluster leftovers        list namespaces, links and processes of any run (exit 1 if any)
 kpcap-localcluster down             remove everything any run left behind
 """
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a cluster and keep it until interrupted")
     up.add_argument("--nodes", type=int, default=3, help="simulated nodes (default 3)")
+    up.add_argument(
+        "--light-nodes", type=int, default=0, help="hollow nodes for control-plane scale (default 0)"
+    )
     sub.add_parser("leftovers", help="list what earlier runs left behind")
     sub.add_parser("down", help="remove what earlier runs left behind")
     args = parser.parse_args(argv)
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"processes": killed, **removed}, indent=2))
         return 0
 
-    cluster = LocalCluster.start(nodes=default_nodes(args.nodes))
+    cluster = LocalCluster.start(nodes=default_nodes(args.nodes), light_nodes=args.light_nodes)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

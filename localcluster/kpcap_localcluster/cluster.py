@@ -29,6 +29,7 @@ from typing import Self
 
 from kubernetes import client, config
 
+from kpcap_localcluster import light_nodes as light_nodes_module
 from kpcap_localcluster import network, processes
 from kpcap_localcluster.binaries import ensure_binaries, tool
 from kpcap_localcluster.controlplane import (
@@ -119,6 +120,8 @@ class LocalCluster:
     s3: StorageServer | None = None
     gcs: StorageServer | None = None
     owns_state_dir: bool = True
+    light_nodes: list[str] = field(default_factory=list)  # names of the hollow process's nodes
+    hollow: ManagedProcess | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -131,8 +134,13 @@ class LocalCluster:
         state_dir: Path | None = None,
         build: bool = True,
         timeout: float = 120.0,
+        light_nodes: int = 0,
+        light_zone: str = light_nodes_module.DEFAULT_ZONE,
     ) -> LocalCluster:
+        """``light_nodes``: that many more Nodes (``kpcap-light-<i>`` in ``light_zone``) kept by one
+        hollow process (``kpcap_localcluster.hollow``), the control plane sized for them."""
         node_specs = list(nodes) if nodes is not None else default_nodes()
+        light_names = light_nodes_module.light_node_names(light_nodes)
         binaries = ensure_binaries(build=build)
         run_id = secrets.token_hex(3)
         owns = state_dir is None
@@ -162,6 +170,7 @@ class LocalCluster:
                 identities[f"node:{spec.name}"] = new_identity(
                     user=f"system:node:{spec.name}", groups=["system:nodes"]
                 )
+            identities.update(light_nodes_module.light_identities(light_names))
             write_token_file(path=pki.token_file, identities=list(identities.values()))
             started = time.monotonic()
             cluster.control_plane = start_control_plane(
@@ -172,6 +181,7 @@ class LocalCluster:
                 state_dir=directory,
                 run_id=run_id,
                 timeout=timeout,
+                light=bool(light_names),
             )
             log.info("control plane ready in %.1fs at %s", time.monotonic() - started, net.gateway)
             if storage:
@@ -179,7 +189,22 @@ class LocalCluster:
                 cluster.gcs = start_gcs(host=net.gateway, log_dir=directory / "logs", run_id=run_id)
             for index, spec in enumerate(node_specs, start=1):
                 cluster.nodes.append(cluster._start_node(index, spec, identities[f"node:{spec.name}"]))
-            cluster.wait_nodes_ready(timeout=timeout)
+            if light_names:
+                cluster.light_nodes = light_names
+                cluster.hollow = light_nodes_module.start_hollow(
+                    config=light_nodes_module.hollow_config(
+                        server=cluster.server,
+                        ca_file=pki.ca_cert,
+                        run_id=run_id,
+                        images=KNOWN_IMAGES,
+                        identities=identities,
+                        names=light_names,
+                        labels={ZONE_LABEL: light_zone},
+                    ),
+                    state_dir=directory,
+                    run_id=run_id,
+                )
+            cluster.wait_nodes_ready(timeout=timeout + 0.1 * len(light_names))
             cluster._write_state()
         except BaseException:
             cluster.stop()
@@ -236,21 +261,26 @@ class LocalCluster:
     def wait_nodes_ready(self, *, timeout: float) -> None:
         core = client.CoreV1Api(self.api_client())
         deadline = time.monotonic() + timeout
-        pending = {n.name for n in self.nodes}
+        pending = {n.name for n in self.nodes} | set(self.light_nodes)
         while pending and time.monotonic() < deadline:
             for node in self.nodes:
                 if not node.kubelet.alive():
                     raise RuntimeError(f"kubelet of {node.name} exited:\n{node.kubelet.log_tail()}")
+            if self.hollow is not None and not self.hollow.alive():
+                raise RuntimeError(f"the hollow nodes' process exited:\n{self.hollow.log_tail()}")
             for item in core.list_node().items:
                 ready = any(c.type == "Ready" and c.status == "True" for c in item.status.conditions or [])
                 if ready:
                     pending.discard(item.metadata.name)
-            time.sleep(0.25)
+            time.sleep(0.25 if len(pending) < 100 else 2.0)  # a list of 2,000 Nodes costs the apiserver
         if pending:
             raise TimeoutError(f"nodes not Ready after {timeout:.0f}s: {sorted(pending)}")
 
     def stop(self) -> None:
         """Stop everything this run started; safe to call twice and after a failed start."""
+        if self.hollow is not None:
+            with contextlib.suppress(Exception):
+                self.hollow.stop(grace=10)
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.kubelet.stop(grace=15)

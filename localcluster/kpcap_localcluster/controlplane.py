@@ -48,6 +48,17 @@ AUDIT_POLICY = {
 }
 AUDIT_LOG_MAX_MB = 200  # a whole test session fits: tests read one file, not rotated backups
 
+# Light mode (hollow nodes, ``LocalCluster.start(light_nodes=N)``): hundreds to thousands of Nodes.
+# A hollow node renews its Lease every 10-120 s (``hollow.lease_interval``), so the node controller
+# waits longer than that before calling a node NotReady (the default grace is 40 s).
+LIGHT_NODE_MONITOR_GRACE_SECONDS = 400
+# The DaemonSet controller creates a pod per node and the scheduler binds each: at the clients'
+# default 20 (controller-manager) and 50 (scheduler) QPS, 2,000 nodes would take 100 s and 40 s.
+LIGHT_CLIENT_QPS = ("--kube-api-qps=500", "--kube-api-burst=1000")
+# Thousands of pod status writes and Lease renewals at once: the default 400/200 in flight is the
+# whole budget the priority-and-fairness levels share.
+LIGHT_APISERVER_FLAGS = ("--max-requests-inflight=1000", "--max-mutating-requests-inflight=500")
+
 
 def write_kubeconfig(*, path: Path, server: str, ca_pem: bytes, identity: Identity) -> Path:
     config = {
@@ -136,8 +147,12 @@ def start_control_plane(
     state_dir: Path,
     run_id: str,
     timeout: float = 120.0,
+    light: bool = False,
 ) -> ControlPlane:
-    """Start etcd and the three Kubernetes components; returns when the apiserver is ready."""
+    """Start etcd and the three Kubernetes components; returns when the apiserver is ready.
+
+    ``light``: sized for many hollow nodes (the ``LIGHT_*`` flags above); real-node runs keep the
+    defaults."""
     logs = state_dir / "logs"
     etcd_port, etcd_peer_port = free_port(), free_port()
     etcd = spawn(
@@ -198,6 +213,7 @@ def start_control_plane(
                 "--audit-log-maxbackup=1",
                 "--profiling=false",
                 "--v=1",
+                *(LIGHT_APISERVER_FLAGS if light else ()),
             ],
             log_path=logs / "kube-apiserver.log",
             run_id=run_id,
@@ -241,9 +257,16 @@ def start_control_plane(
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 # Pods of a deleted node are evicted promptly; the default (5 min) outlasts tests.
                 "--pod-eviction-timeout=30s",
+                *(
+                    (*LIGHT_CLIENT_QPS, f"--node-monitor-grace-period={LIGHT_NODE_MONITOR_GRACE_SECONDS}s")
+                    if light
+                    else ()
+                ),
             ],
         )
-        start_client_component("kube-scheduler", binaries.kube_scheduler, [])
+        start_client_component(
+            "kube-scheduler", binaries.kube_scheduler, list(LIGHT_CLIENT_QPS) if light else []
+        )
 
         def default_service_account_ready() -> bool:
             # The token controller has run once the default ServiceAccount has its token secret.
