@@ -19,9 +19,10 @@ from kubernetes import client
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.controlplane import write_kubeconfig
 from kpcap_localcluster.pki import Identity
+from kpcap_operator.manifests import progress_interval
 from tests.support.audit import AuditLog, count_requests, format_counts
 from tests.support.captures import Captures, capture_body
-from tests.support.kpcap_install import CREDENTIALS_SECRET, OPERATOR_NAMESPACE, OPERATOR_SA
+from tests.support.kpcap_install import AGENT_SA, CREDENTIALS_SECRET, OPERATOR_NAMESPACE, OPERATOR_SA
 from tests.support.operator import RunningOperator, operator_env, run_operator
 from tests.support.waiting import wait_for
 
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.e2e
 
 AGENT_IMAGE = "registry.example/kpcap/kpcap-agent:test"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
+AGENT_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{AGENT_SA}"
 ADMIN_BINDING = "kpcap-operator-audited"
 
 
@@ -132,3 +134,14 @@ def test_a_30s_full_capture_creates_its_daemonset_once_and_no_write_is_refused_a
     assert final["status"] == "success", final
     assert len(refused) == 0, "DaemonSet creates answered 409 (create only what is missing)"
     assert len(daemonset_creates) <= 1, f"{len(daemonset_creates)} DaemonSet creates for one capture"
+    # The agents write only their own PacketCaptureReports (issue 17): a create, the uploading and
+    # final reports, and a progress report per interval; nothing on the capture itself.
+    by_agents = [e for e in everyone if e.user == AGENT_USER]
+    print(f"the agents' apiserver writes ({len(by_agents)}, 2 nodes):")
+    print(format_counts(count_requests(by_agents)))
+    assert {e.resource for e in by_agents} == {"packetcapturereports"}, format_counts(
+        count_requests(by_agents)
+    )
+    assert len([e for e in by_agents if e.verb == "create"]) == 2, "one report created per node"
+    per_node = len(by_agents) / 2
+    assert 3 <= per_node <= 3 + spec["timeLimit"] / progress_interval(2) + 1, per_node
