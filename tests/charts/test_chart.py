@@ -174,7 +174,7 @@ def test_every_value_is_commented() -> None:
         ({"sampler": {"enabled": "yes"}}, ["/sampler/enabled", "got string, want boolean"]),
         ({"webhook": {"failurePolicy": "Maybe"}}, ["/webhook/failurePolicy", "'Fail', 'Ignore'"]),
         ({"operator": {"reportGraceSeconds": 1}}, ["/operator/reportGraceSeconds", "minimum"]),
-        ({"agent": {"image": {"repository": "ghcr.io/x/tcpdump"}}}, ["/agent/image/repository"]),
+        ({"agent": {"image": {"repository": ""}}}, ["/agent/image/repository"]),
         ({"storage": {"credentialsSecret": "Not_A_Name"}}, ["/storage/credentialsSecret"]),
         ({"api": {"service": {"tls": True}}}, ["/api/service", "additional properties 'tls' not allowed"]),
         ({"api": {"port": 0}}, ["/api/port", "minimum"]),
@@ -189,6 +189,18 @@ def test_bad_values_fail_with_the_schema_message_naming_the_key(
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
     for message in messages:
         assert message in result.stderr, result.stderr
+
+
+def test_any_image_repository_is_accepted(tmp_path: Path) -> None:
+    """A mirror may rename the images: the chart takes any repository (the local cluster maps images
+    by a table of its own, kpcap_localcluster.cluster.KNOWN_IMAGES, not through the chart)."""
+    images = {
+        "operator": {"image": {"repository": "mirror.example:5000/platform/pcap-controller", "tag": "1"}},
+        "agent": {"image": {"repository": "mirror.example/platform/capture", "tag": "2"}},
+    }
+    rendered = render(values=(values_file(tmp_path, images),)).stdout
+    assert "mirror.example:5000/platform/pcap-controller:1" in rendered
+    assert "mirror.example/platform/capture:2" in rendered
 
 
 def test_more_replicas_need_peering(tmp_path: Path) -> None:
