@@ -109,3 +109,82 @@ def test_an_update_leaving_an_invalid_spec_as_it_was_is_allowed() -> None:
     old = capture("legacy", {**SIMPLE, "byteLimit": 1000}, created=T0)
     updated = {**old, "metadata": {**old["metadata"], "finalizers": []}}
     allowed(InMemoryCluster(), updated, operation="UPDATE", old=old)
+
+
+# --- an immutable spec: only stop false -> true ---------------------------------------------------
+
+RUNNING_FULL = full_spec(timeLimit=300, byteLimit=1000, filter={"protocol": 6, "destinationPort": 80})
+CHANGES: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "type",
+        {"type": "simple", "destinationConf": None, "byteLimit": None},
+        ["spec.byteLimit", "spec.destinationConf", "spec.type"],
+    ),
+    ("system", {"system": "magic-transit"}, ["spec.system"]),
+    ("filter field", {"filter": {"protocol": 6, "destinationPort": 443}}, ["spec.filter.destinationPort"]),
+    (
+        "filter added",
+        {"filter": {"protocol": 6, "destinationPort": 80, "sourceAddress": "198.18.0.1"}},
+        ["spec.filter.sourceAddress"],
+    ),
+    ("timeLimit", {"timeLimit": 60}, ["spec.timeLimit"]),
+    ("packetLimit", {"packetLimit": 5}, ["spec.packetLimit"]),
+    ("byteLimit", {"byteLimit": 5}, ["spec.byteLimit"]),
+    ("colo", {"colo": "colo-b"}, ["spec.colo"]),
+    ("nodeSelector", {"nodeSelector": {"a": "b"}}, ["spec.nodeSelector"]),
+    ("destinationConf", {"destinationConf": "gs://other-bucket"}, ["spec.destinationConf"]),
+    ("two at once", {"timeLimit": 60, "colo": "colo-b"}, ["spec.colo", "spec.timeLimit"]),
+]
+
+
+def _updated(old: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    spec = {key: value for key, value in {**old["spec"], **change}.items() if value is not None}
+    return {**old, "spec": spec}
+
+
+@pytest.mark.parametrize(("change", "fields"), [c[1:] for c in CHANGES], ids=[c[0] for c in CHANGES])
+def test_a_spec_change_after_creation_is_refused_naming_the_field(
+    change: dict[str, Any], fields: list[str]
+) -> None:
+    old = capture("running", RUNNING_FULL, created=T0, status={"status": "running"})
+    error = denied(InMemoryCluster(), _updated(old, change), operation="UPDATE", old=old)
+    assert error.code == 422
+    message = str(error)
+    named = [part.split(":", 1)[0] for part in message.split("; ")[:-1]]
+    assert named == fields, message
+    assert message.endswith("only spec.stop may change, from false to true")
+
+
+def test_the_refusal_says_what_the_field_was_and_would_be() -> None:
+    old = capture("running", full_spec(), created=T0, status={"status": "running"})
+    message = str(denied(InMemoryCluster(), _updated(old, {"timeLimit": 60}), operation="UPDATE", old=old))
+    assert message == (
+        "spec.timeLimit: immutable once the capture is created (was 30, now 60); "
+        "only spec.stop may change, from false to true"
+    )
+
+
+def test_stop_may_go_from_false_or_unset_to_true_but_never_back() -> None:
+    for before in ({"stop": False}, {}):
+        old = capture("running", {**full_spec(), **before}, created=T0, status={"status": "running"})
+        allowed(InMemoryCluster(), _updated(old, {"stop": True}), operation="UPDATE", old=old)
+    stopped = capture("stopped", full_spec(stop=True), created=T0, status={"status": "running"})
+    message = str(
+        denied(InMemoryCluster(), _updated(stopped, {"stop": False}), operation="UPDATE", old=stopped)
+    )
+    assert message.startswith("spec.stop: cannot change from true to false; ")
+
+
+def test_offset_time_of_a_simple_capture_is_immutable_too() -> None:
+    old = capture("sample", {**SIMPLE, "offsetTime": "2025-05-01T11:00:00Z"}, created=T0)
+    new = _updated(old, {"offsetTime": "2025-05-01T11:30:00Z"})
+    assert str(denied(InMemoryCluster(), new, operation="UPDATE", old=old)).startswith(
+        'spec.offsetTime: immutable once the capture is created (was "2025-05-01T11:00:00Z", '
+        'now "2025-05-01T11:30:00Z")'
+    )
+
+
+def test_labels_annotations_and_finalizers_may_change() -> None:
+    old = capture("running", RUNNING_FULL, created=T0, status={"status": "running"})
+    meta = {**old["metadata"], "labels": {"a": "b"}, "annotations": {"c": "d"}, "finalizers": []}
+    allowed(InMemoryCluster(), {**old, "metadata": meta}, operation="UPDATE", old=old)

@@ -1,4 +1,5 @@
-"""The admission webhook's decision: a message naming the field, and the two rules at create time."""
+"""The admission webhook's decision: a message naming the field, the two rules at create time, and
+an immutable spec after it (only ``stop`` false -> true)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import kopf
 
 from kpcap.errors import SpecInvalid
 from kpcap.model import parse_spec
-from kpcap_operator import admission
+from kpcap_operator import admission, spec_changes
 from kpcap_operator.cluster import Cluster
 from kpcap_operator.settings import OperatorSettings
 
@@ -28,7 +29,8 @@ def validate_admission(
 
     An UPDATE that leaves the spec as it was (finalizers, annotations, labels) is always allowed: the
     object may predate the webhook (or a stricter version of it), and refusing such an update would
-    keep the operator from removing its finalizer, so the object could never be deleted.
+    keep the operator from removing its finalizer, so the object could never be deleted. Any other
+    UPDATE may only set ``spec.stop`` from false to true (``spec_changes``).
     """
     if operation == "UPDATE" and old is not None and old.get("spec") == body.get("spec"):
         return
@@ -37,6 +39,9 @@ def validate_admission(
     except SpecInvalid as invalid:
         raise kopf.AdmissionError(str(invalid), code=422) from None
     if operation != "CREATE":
+        problems = spec_changes.refused_changes(old.get("spec"), body.get("spec")) if old else []
+        if problems:
+            raise kopf.AdmissionError(spec_changes.refusal_message(problems), code=422)
         return
     meta = body["metadata"]
     refusal = admission.refusal(
