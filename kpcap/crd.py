@@ -23,6 +23,11 @@ class CelRule:
     rule: str
     message: str
 
+    @property
+    def transition(self) -> bool:
+        """A transition rule (it names ``oldSelf``): the API server runs it on UPDATE only."""
+        return "oldSelf" in self.rule
+
 
 def without_cel(crd: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of ``crd`` with every CEL rule list removed (the input is left unchanged)."""

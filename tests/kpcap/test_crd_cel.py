@@ -73,9 +73,25 @@ def schema_problems(spec: object) -> list[str]:
         return problems
     for rule in RULES:
         target = _at(document, rule.path)
-        if target is None:
+        if target is None or rule.transition:  # transition rules run on UPDATE only
             continue
         if not bool(PROGRAMS[rule.rule].evaluate({"self": json_to_cel(target)})):
+            problems.append(rule.message)
+    return problems
+
+
+def update_problems(old_spec: Mapping[str, Any], new_spec: Mapping[str, Any]) -> list[str]:
+    """What the API server's transition rules say of an UPDATE from ``old_spec`` to ``new_spec``: each
+    runs with ``self`` and ``oldSelf`` bound, where its object is in both (as in Kubernetes)."""
+    old = {"spec": _pruned(old_spec)}
+    new = {"spec": _pruned(new_spec)}
+    problems = []
+    for rule in RULES:
+        target, before = _at(new, rule.path), _at(old, rule.path)
+        if not rule.transition or target is None or before is None:
+            continue
+        bound = {"self": json_to_cel(target), "oldSelf": json_to_cel(before)}
+        if not bool(PROGRAMS[rule.rule].evaluate(bound)):
             problems.append(rule.message)
     return problems
 
@@ -95,6 +111,7 @@ def test_crd_names_and_version() -> None:
         "plural": "packetcaptures",
         "singular": "packetcapture",
         "shortNames": ["pcap", "pcaps"],
+        "categories": ["kpcap"],  # `kubectl get kpcap` lists captures and their reports
     }
     (version,) = spec["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
@@ -223,8 +240,51 @@ def test_cel_rules(spec: dict[str, Any], field: str | None) -> None:
         assert field in raised.value.fields
 
 
+# --- CEL transition rules: the spec is immutable but for stop false -> true -------------------------
+
+RUNNING = full(byteLimit=1000, filter={"protocol": 6, "destinationPort": 80}, stop=False)
+SAMPLED = simple(offsetTime="2025-05-01T11:00:00Z")
+UPDATE_CASES: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
+    ("nothing changes", RUNNING, RUNNING, None),
+    ("stop false -> true", RUNNING, {**RUNNING, "stop": True}, None),
+    ("stop unset -> true", without(RUNNING, "stop"), {**RUNNING, "stop": True}, None),
+    ("stop true -> true", {**RUNNING, "stop": True}, {**RUNNING, "stop": True}, None),
+    ("stop true -> false", {**RUNNING, "stop": True}, RUNNING, "spec.stop"),
+    ("type", SAMPLED, {**SAMPLED, "type": "full"}, "spec.type"),
+    ("system", RUNNING, {**RUNNING, "system": "magic-transit"}, "spec.system"),
+    ("filter field", RUNNING, {**RUNNING, "filter": {"protocol": 6, "destinationPort": 443}}, "spec.filter"),
+    ("filter added", without(RUNNING, "filter"), RUNNING, "spec.filter"),
+    ("timeLimit", RUNNING, {**RUNNING, "timeLimit": 120}, "spec.timeLimit"),
+    ("packetLimit", RUNNING, {**RUNNING, "packetLimit": 5}, "spec.packetLimit"),
+    ("byteLimit", RUNNING, {**RUNNING, "byteLimit": 5}, "spec.byteLimit"),
+    ("byteLimit removed", RUNNING, without(RUNNING, "byteLimit"), "spec.byteLimit"),
+    ("colo", RUNNING, {**RUNNING, "colo": "colo-b"}, "spec.colo"),
+    ("nodeSelector added", RUNNING, {**RUNNING, "nodeSelector": {"a": "b"}}, "spec.nodeSelector"),
+    ("destinationConf", RUNNING, {**RUNNING, "destinationConf": "gs://other"}, "spec.destinationConf"),
+    ("offsetTime", SAMPLED, {**SAMPLED, "offsetTime": "2025-05-01T11:30:00Z"}, "spec.offsetTime"),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"), [case[1:] for case in UPDATE_CASES], ids=[case[0] for case in UPDATE_CASES]
+)
+def test_cel_transition_rules(old: dict[str, Any], new: dict[str, Any], field: str | None) -> None:
+    problems = update_problems(old, new)
+    if field is None:
+        assert problems == []
+    else:
+        assert [problem.split(":", 1)[0] for problem in problems] == [field], problems
+        assert problems[0].endswith("only spec.stop may change, from false to true")
+
+
+def test_every_spec_field_has_a_transition_rule() -> None:
+    named = {rule.message.split(":", 1)[0] for rule in RULES if rule.transition}
+    assert named == {f"spec.{name}" for name in SCHEMA["properties"]["spec"]["properties"]}
+
+
 def test_every_cel_rule_fails_somewhere() -> None:
     failing_messages = {problem for _, spec, _ in CEL_CASES for problem in schema_problems(spec)}
+    failing_messages |= {problem for _, old, new, _ in UPDATE_CASES for problem in update_problems(old, new)}
     assert {rule.message for rule in RULES} <= failing_messages
 
 
