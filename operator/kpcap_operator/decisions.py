@@ -17,6 +17,7 @@ from kpcap.errors import SpecInvalid
 from kpcap.kubeapi import parse_time
 from kpcap.kubeapi import status_time as rfc3339
 from kpcap.model import TERMINAL, CaptureSpec, CaptureStatus, CaptureType, NodePhase, parse_spec
+from kpcap_operator import spec_changes
 
 Json = dict[str, Any]
 
@@ -52,7 +53,8 @@ class CaptureRef:
 
 
 def capture_ref(body: Mapping[str, Any]) -> CaptureRef:
-    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    # The spec as admitted (spec_changes): an edit made without the webhook cannot change the rules.
+    meta, spec, status = body["metadata"], spec_changes.admitted(body), body.get("status") or {}
     reasons = {c.get("reason") for c in status.get("conditions") or []}
     try:
         parse_spec(spec, now=None)
@@ -339,6 +341,16 @@ def condition(*, kind: str, ok: bool, reason: str, message: str, now: datetime) 
         "message": message,
         "lastTransitionTime": rfc3339(now),
     }
+
+
+def terminal_conditions(*, ok: bool, reason: str, message: str, now: datetime) -> list[Json]:
+    """The two Job-style terminal conditions: ``Complete`` True on success, ``Failed`` True on failure
+    (each False otherwise), so ``kubectl wait --for=condition=Failed`` and GitOps health checks can
+    tell a failed capture from a running one. Both carry the outcome's reason."""
+    return [
+        condition(kind="Complete", ok=ok, reason=reason, message=message, now=now),
+        condition(kind="Failed", ok=not ok, reason=reason, message=message, now=now),
+    ]
 
 
 def merge_conditions(existing: Sequence[Mapping[str, Any]], updates: Sequence[Json]) -> list[Json]:

@@ -17,12 +17,14 @@ from typing import Any
 
 from kpcap.kubeapi import parse_time, status_time
 from kpcap.model import CaptureSpec, CaptureStatus, capture_id, parse_spec
-from kpcap_operator import decisions, manifests
+from kpcap_operator import decisions, manifests, spec_changes
 from kpcap_operator.cluster import Cluster
 from kpcap_operator.result import Event, Result
 from kpcap_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
+Json = dict[str, Any]
+SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
 
 
 def start(
@@ -111,7 +113,9 @@ def progress(
 ) -> Result:
     """A pending or running capture: keep its DaemonSet, fold in reports, finish it when due."""
     status = body.get("status") or {}
-    spec = parse_spec(body.get("spec"), now=None)  # admitted already: only re-read, no time bound
+    # The spec it admitted (stop may become true): never a spec changed since, which the agents,
+    # running the admitted one from their environment, would not follow.
+    spec = parse_spec(spec_changes.admitted(body), now=None)
     targets = list(status.get("targetNodes") or [])
     started = parse_time(status.get("started")) or now
     result = Result()
@@ -151,6 +155,7 @@ def progress(
     if nodes_patch:
         result.status["nodes"] = nodes_patch
     previous = status.get("status")
+    updates = _spec_change_conditions(body=body, result=result, now=now)
     if outcome.finished:
         ok = outcome.status == CaptureStatus.SUCCESS
         reason = "Succeeded" if ok else ("NodesSilent" if outcome.silent_nodes else "CaptureFailed")
@@ -159,15 +164,39 @@ def progress(
         )
         # None removes the field: this 1.20 apiserver build rejects "" (kubernetes#99804).
         result.status["errorMessage"] = outcome.error_message or None
-        result.status["conditions"] = decisions.merge_conditions(
-            status.get("conditions") or [],
-            [
-                decisions.condition(kind="Capturing", ok=False, reason=reason, message=message, now=now),
-                decisions.condition(kind="Complete", ok=ok, reason=reason, message=message, now=now),
-            ],
-        )
+        updates += [
+            decisions.condition(kind="Capturing", ok=False, reason=reason, message=message, now=now),
+            *decisions.terminal_conditions(ok=ok, reason=reason, message=message, now=now),
+        ]
         result.events.append(Event("Normal" if ok else "Warning", reason, message))
         result.finished = outcome.status
     elif previous != outcome.status.value:
         result.events.append(Event("Normal", "Running", f"first report from {outcome.nodes_summary} node(s)"))
+    if updates:
+        result.status["conditions"] = decisions.merge_conditions(status.get("conditions") or [], updates)
     return result
+
+
+def _spec_change_conditions(*, body: Mapping[str, Any], result: Result, now: datetime) -> list[Json]:
+    """``SpecChangeIgnored`` True while the live spec differs from the admitted one (a cluster with
+    neither the webhook nor CEL lets such an edit through), False once it is back; an Event when it
+    first shows."""
+    problems = spec_changes.ignored_changes(body)
+    existing = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
+    if not problems:
+        if existing.get(SPEC_CHANGE_IGNORED, {}).get("status") == "True":
+            message = "the spec is as admitted again"
+            return [
+                decisions.condition(
+                    kind=SPEC_CHANGE_IGNORED, ok=False, reason="SpecAsAdmitted", message=message, now=now
+                )
+            ]
+        return []
+    message = f"the capture runs the spec it admitted; {spec_changes.refusal_message(problems)}"
+    if existing.get(SPEC_CHANGE_IGNORED, {}).get("message") != message:
+        result.events.append(Event("Warning", SPEC_CHANGE_IGNORED, message))
+    return [
+        decisions.condition(
+            kind=SPEC_CHANGE_IGNORED, ok=True, reason=SPEC_CHANGE_IGNORED, message=message, now=now
+        )
+    ]

@@ -88,9 +88,13 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
             raise
         # Only what changed: a running capture whose reports did not move makes no write at all.
         current = body.get("status") or {}
-        for key, value in result.status.items():
-            if current.get(key) != value:
-                patch.status[key] = value
+        changed = {key: value for key, value in result.status.items() if current.get(key) != value}
+        generation = body.get("metadata", {}).get("generation")
+        if changed and generation is not None:
+            # Every status write says which spec generation it was made for (kstatus, Argo CD, Flux).
+            changed["observedGeneration"] = generation
+        for key, value in changed.items():
+            patch.status[key] = value
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             log.info("%s/%s %s: %s", body.metadata.namespace, body.metadata.name, event.reason, event.message)

@@ -15,7 +15,7 @@ from typing import Any
 
 from kpcap.errors import SpecInvalid
 from kpcap.model import TERMINAL, CaptureSpec, CaptureStatus, CaptureType, parse_spec
-from kpcap_operator import admission, decisions, full_capture, simple_capture
+from kpcap_operator import admission, decisions, full_capture, simple_capture, spec_changes
 from kpcap_operator.cluster import Cluster
 from kpcap_operator.ledger import AdmissionLedger
 from kpcap_operator.result import Result, refused
@@ -88,24 +88,48 @@ def reconcile(
     if isinstance(admitted, Result):
         return admitted
     try:
-        if admitted.spec.type == CaptureType.FULL:
-            return full_capture.start(
-                body=body,
-                spec=admitted.spec,
-                targets=admitted.targets,
-                settings=settings,
-                cluster=cluster,
-                now=admitted.at,
-            )
-        return simple_capture.take_sample(
+        result = _carry_out(
             body=body,
-            spec=admitted.spec,
-            targets=admitted.targets,
-            submitted=admitted.at,
+            admitted=admitted,
+            settings=settings,
+            cluster=cluster,
             samplers=samplers,
-            store=sample_store,
-            now=now_fn(),
+            sample_store=sample_store,
+            now_fn=now_fn,
         )
     except BaseException:
         ledger.forget(uid)  # not carried out: the pass is retried from admission
         raise
+    # What later passes and the admission rules read, whatever the live spec becomes (spec_changes).
+    result.status[spec_changes.ADMITTED_KEY] = spec_changes.stored(body.get("spec"))
+    return result
+
+
+def _carry_out(
+    *,
+    body: Mapping[str, Any],
+    admitted: Admitted,
+    settings: OperatorSettings,
+    cluster: Cluster,
+    samplers: SamplerQuery,
+    sample_store: SampleStore,
+    now_fn: Callable[[], datetime],
+) -> Result:
+    if admitted.spec.type == CaptureType.FULL:
+        return full_capture.start(
+            body=body,
+            spec=admitted.spec,
+            targets=admitted.targets,
+            settings=settings,
+            cluster=cluster,
+            now=admitted.at,
+        )
+    return simple_capture.take_sample(
+        body=body,
+        spec=admitted.spec,
+        targets=admitted.targets,
+        submitted=admitted.at,
+        samplers=samplers,
+        store=sample_store,
+        now=now_fn(),
+    )

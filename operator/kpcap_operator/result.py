@@ -30,7 +30,7 @@ class Result:
 
 
 def refused(*, reason: str, message: str, now: datetime) -> Result:
-    """A capture that never starts: failed at once, both conditions saying why."""
+    """A capture that never starts: failed at once, its conditions saying why."""
     stamp = status_time(now)
     return Result(
         status={
@@ -41,7 +41,7 @@ def refused(*, reason: str, message: str, now: datetime) -> Result:
             "packetsRemaining": 0,
             "conditions": [
                 decisions.condition(kind="Admitted", ok=False, reason=reason, message=message, now=now),
-                decisions.condition(kind="Complete", ok=False, reason=reason, message=message, now=now),
+                *decisions.terminal_conditions(ok=False, reason=reason, message=message, now=now),
             ],
         },
         events=[Event("Warning", reason, message)],

@@ -103,7 +103,7 @@ def take_sample(
         status.update({"status": CaptureStatus.FAILED.value, "errorMessage": failure, "packetsCaptured": 0})
         status["conditions"] = [
             admitted_condition,
-            decisions.condition(kind="Complete", ok=False, reason=failure_reason, message=failure, now=now),
+            *decisions.terminal_conditions(ok=False, reason=failure_reason, message=failure, now=now),
         ]
         return Result(
             status=status,
@@ -124,7 +124,7 @@ def take_sample(
     status["status"] = CaptureStatus.SUCCESS.value
     status["conditions"] = [
         admitted_condition,
-        decisions.condition(kind="Complete", ok=True, reason="Sampled", message=message, now=now),
+        *decisions.terminal_conditions(ok=True, reason="Sampled", message=message, now=now),
     ]
     events = [admitted, Event("Normal", "Sampled", message)]
     if silent:

@@ -57,3 +57,37 @@ def refused_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
 
 def refusal_message(problems: list[str]) -> str:
     return "; ".join([*problems, ONLY_STOP])
+
+
+# --- the spec the operator runs: the one it admitted -------------------------------------------------
+# Kept in status.admittedSpec, written in the admission pass's own status patch (no extra request).
+# The status, not an annotation: only the operator writes the status subresource (users edit the
+# object, and an annotation would be one edit away from the spec it guards).
+
+ADMITTED_KEY = "admittedSpec"
+
+
+def stored(spec: Mapping[str, Any] | None) -> str:
+    """``status.admittedSpec``: the spec as admitted, canonical JSON."""
+    return json.dumps(dict(spec or {}), sort_keys=True, separators=(",", ":"))
+
+
+def admitted(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec the capture runs: as admitted, with ``stop`` from the live spec once it is true.
+
+    A capture admitted before admittedSpec existed runs its live spec, as it did then.
+    """
+    live = dict(body.get("spec") or {})
+    text = (body.get("status") or {}).get(ADMITTED_KEY)
+    if not text:
+        return live
+    spec: dict[str, Any] = json.loads(text)
+    if live.get("stop") is True:
+        spec["stop"] = True
+    return spec
+
+
+def ignored_changes(body: Mapping[str, Any]) -> list[str]:
+    """The live spec's refused changes to the admitted one (only possible without webhook and CEL)."""
+    text = (body.get("status") or {}).get(ADMITTED_KEY)
+    return refused_changes(json.loads(text), body.get("spec")) if text else []

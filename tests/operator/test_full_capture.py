@@ -320,3 +320,78 @@ def test_remove_daemonsets_deletes_every_daemonset_of_the_capture(cluster: InMem
     assert full_capture.remove_daemonsets(cluster=cluster, body=body, why="deleted") == ["a", "b"]
     assert list(cluster.daemonsets) == ["other"]
     assert full_capture.remove_daemonsets(cluster=cluster, body=body, why="deleted") == []
+
+
+# --- terminal conditions and the spec as admitted (issue 15) --------------------------------------
+
+
+def _conditions(cluster: InMemoryCluster, body: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in cluster.get(body)["status"]["conditions"]}
+
+
+def test_success_is_complete_true_and_failed_false(
+    cluster: InMemoryCluster, run_pass: Callable[..., Result]
+) -> None:
+    body = cluster.add(capture("ok", FULL, created=T0))
+    run_pass(body)
+    for name in ("kpcap-node-1", "kpcap-node-2"):
+        report(cluster, body, name, phase="done", packets=1, objectUri=f"s3://b/{name}.pcap")
+    run_pass(body)
+    conditions = _conditions(cluster, body)
+    assert conditions["Complete"] == ("True", "Succeeded")
+    assert conditions["Failed"] == ("False", "Succeeded")
+
+
+def test_failure_is_failed_true_and_complete_false(
+    cluster: InMemoryCluster, run_pass: Callable[..., Result]
+) -> None:
+    body = cluster.add(capture("bad", FULL, created=T0))
+    run_pass(body)
+    for name in ("kpcap-node-1", "kpcap-node-2"):
+        report(cluster, body, name, phase="failed", error="upload refused")
+    run_pass(body)
+    conditions = _conditions(cluster, body)
+    assert conditions["Failed"] == ("True", "CaptureFailed")
+    assert conditions["Complete"] == ("False", "CaptureFailed")
+
+
+def test_a_refused_capture_is_failed_true() -> None:
+    cluster = InMemoryCluster(nodes=[])
+    body = cluster.add(capture("nowhere", FULL, created=T0))
+    result = reconcile(
+        body=body,
+        settings=SETTINGS,
+        cluster=cluster,
+        ledger=AdmissionLedger(),
+        samplers=NoSamplers(),
+        sample_store=None,  # type: ignore[arg-type]
+        now_fn=lambda: T0,
+    )
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in result.status["conditions"]}
+    assert conditions["Failed"] == ("True", "NoMatchingNodes")
+    assert conditions["Complete"] == ("False", "NoMatchingNodes")
+
+
+def test_the_operator_runs_the_spec_it_admitted_whatever_the_spec_becomes(
+    cluster: InMemoryCluster, run_pass: Callable[..., Result], clock: Clock
+) -> None:
+    """Without the webhook and CEL an edit can land: the deadline stays the admitted timeLimit, the
+    condition SpecChangeIgnored names the field, and stop still works."""
+    body = cluster.add(capture("edited", {**FULL, "timeLimit": 1}, created=T0))
+    run_pass(body)
+    assert cluster.get(body)["status"]["admittedSpec"] == '{"colo":"colo-a","destinationConf":' + (
+        '"s3://kpcap-test/captures?region=us-east-1","packetLimit":100,"timeLimit":1,"type":"full"}'
+    )
+    cluster.captures[("team-a", "edited")]["spec"]["timeLimit"] = 300
+    result = run_pass(body)
+    assert [e.reason for e in result.events] == ["SpecChangeIgnored"]
+    status, reason = _conditions(cluster, body)["SpecChangeIgnored"]
+    assert (status, reason) == ("True", "SpecChangeIgnored")
+    message = next(c["message"] for c in cluster.get(body)["status"]["conditions"] if c["type"] == reason)
+    assert "spec.timeLimit: immutable once the capture is created (was 1, now 300)" in message
+    assert run_pass(body).events == [], "said once"
+    cluster.captures[("team-a", "edited")]["spec"]["stop"] = True
+    run_pass(body)
+    assert cluster.get(body)["status"].get("stopRequested"), "stop is the one change that counts"
+    clock.advance(1 + 5 + 1)  # the admitted timeLimit + grace, not 300 s
+    assert run_pass(body).finished is not None

@@ -117,6 +117,7 @@ def test_answers_are_merged_kept_and_the_capture_succeeds_at_once(
     assert {c["type"]: c["reason"] for c in status["conditions"]} == {
         "Admitted": "Admitted",
         "Complete": "Sampled",
+        "Failed": "Sampled",
     }
     assert [e.reason for e in result.events] == ["Admitted", "Sampled", "SamplersSilent"]
     assert result.events[0].message == f"sampling past traffic on 3 node(s): {', '.join(NODES)}"
@@ -143,6 +144,7 @@ def test_no_answer_fails_naming_each_node(cluster: InMemoryCluster, run_pass: Ca
     assert {c["type"]: c["reason"] for c in status["conditions"]} == {
         "Admitted": "Admitted",
         "Complete": "SamplersSilent",
+        "Failed": "SamplersSilent",
     }
     assert [e.reason for e in result.events] == ["Admitted", "SamplersSilent"]
 
