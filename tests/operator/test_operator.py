@@ -107,6 +107,55 @@ def test_a_silent_node_fails_the_capture_after_the_deadline(captures: Captures) 
     _wait_no_daemonset(captures, capture)
 
 
+def _kubectl_wait(captures: Captures, name: str, condition: str) -> None:
+    result = captures.cluster.kubectl(
+        "wait",
+        f"--for=condition={condition}",
+        f"pcap/{name}",
+        "-n",
+        captures.namespace,
+        "--timeout=60s",
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "condition met" in result.stdout, result.stdout
+
+
+def test_kubectl_waits_for_failed_and_for_complete_and_lists_kpcap(captures: Captures) -> None:
+    """Job-style terminal conditions, observedGeneration, the kpcap category; and, with no webhook to
+    refuse it, a spec edit that the operator ignores: it runs the spec it admitted."""
+    captures.create(capture_body("edited", **full_spec(timeLimit=1)))
+    captures.wait_status("edited", {"pending", "running"})
+    captures.custom.patch_namespaced_custom_object(
+        "kpcap.io", "v1alpha1", captures.namespace, "packetcaptures", "edited", {"spec": {"timeLimit": 300}}
+    )
+    _kubectl_wait(captures, "edited", "Failed")  # silent nodes after the admitted 1 s, not 300 s
+    edited = captures.get("edited")
+    assert edited["status"]["observedGeneration"] == edited["metadata"]["generation"] == 2
+    conditions = {c["type"]: c for c in edited["status"]["conditions"]}
+    assert conditions["Complete"]["status"] == "False"
+    assert conditions["SpecChangeIgnored"]["status"] == "True"
+    assert (
+        "spec.timeLimit: immutable once the capture is created (was 1, now 300)"
+        in (conditions["SpecChangeIgnored"]["message"])
+    )
+
+    captures.create(capture_body("succeeds", **full_spec(timeLimit=300)))
+    captures.wait_status("succeeds", {"pending", "running"})
+    for node in ("kpcap-node-1", "kpcap-node-2"):
+        captures.report("succeeds", node, phase="done", packets=1, objectUri=f"s3://b/{node}.pcap")
+    _kubectl_wait(captures, "succeeds", "Complete")
+    final = captures.get("succeeds")
+    assert {c["type"]: c["status"] for c in final["status"]["conditions"]}["Failed"] == "False"
+    assert final["status"]["observedGeneration"] == final["metadata"]["generation"] == 1
+
+    got = captures.cluster.kubectl("get", "kpcap", "-n", captures.namespace, "-o", "name", check=False)
+    assert got.returncode == 0, got.stderr
+    listed = got.stdout.split()
+    assert {"packetcapture.kpcap.io/edited", "packetcapture.kpcap.io/succeeds"} <= set(listed), listed
+    assert any(name.startswith("packetcapturereport.kpcap.io/") for name in listed), listed
+
+
 def test_stop_ends_the_capture_early(captures: Captures) -> None:
     capture = captures.create(capture_body("stopper", **full_spec(timeLimit=300)))
     captures.wait_status("stopper", {"pending", "running"})

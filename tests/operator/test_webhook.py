@@ -143,6 +143,80 @@ def test_updates_are_validated_too(captures: Captures) -> None:
     finish(captures, "updated")
 
 
+# Each change to a running full capture, and the field(s) the refusal must name (issue 15).
+IMMUTABLE: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "type",
+        {"type": "simple", "destinationConf": None, "byteLimit": None},
+        ["spec.byteLimit", "spec.destinationConf", "spec.type"],
+    ),
+    ("system", {"system": "magic-transit"}, ["spec.system"]),
+    ("filter", {"filter": {"destinationPort": 443}}, ["spec.filter.destinationPort"]),
+    ("timeLimit", {"timeLimit": 60}, ["spec.timeLimit"]),
+    ("packetLimit", {"packetLimit": 5}, ["spec.packetLimit"]),
+    ("byteLimit", {"byteLimit": 5}, ["spec.byteLimit"]),
+    ("colo", {"colo": "colo-b"}, ["spec.colo"]),
+    ("nodeSelector", {"nodeSelector": {"kpcap.io/any": "x"}}, ["spec.nodeSelector"]),
+    ("destinationConf", {"destinationConf": "gs://other-bucket"}, ["spec.destinationConf"]),
+]
+
+
+def _patch(captures: Captures, name: str, spec: dict[str, Any]) -> None:
+    captures.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, captures.namespace, PLURAL, name, {"spec": spec}
+    )
+
+
+def _refused_naming(captures: Captures, name: str, spec: dict[str, Any]) -> list[str]:
+    with pytest.raises(client.ApiException) as caught:
+        _patch(captures, name, spec)
+    assert caught.value.status == 422, (caught.value.status, caught.value.body)
+    message = json.loads(caught.value.body)["message"]
+    assert message.startswith(DENIED), message
+    assert message.endswith("only spec.stop may change, from false to true"), message
+    return [part.split(":", 1)[0] for part in message.removeprefix(DENIED).split("; ")[:-1]]
+
+
+def test_every_spec_field_is_immutable_but_stop_false_to_true(captures: Captures) -> None:
+    spec = full_spec(timeLimit=300, byteLimit=1000, filter={"protocol": 6, "destinationPort": 80})
+    captures.create(capture_body("fixed", **spec))
+    captures.wait_status("fixed", {"pending", "running"})
+    for case, change, fields in IMMUTABLE:
+        assert _refused_naming(captures, "fixed", change) == fields, case
+    # Metadata only: allowed (the operator's finalizer, users' labels and annotations).
+    captures.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        captures.namespace,
+        PLURAL,
+        "fixed",
+        {
+            "metadata": {
+                "labels": {"team": "a"},
+                "annotations": {"note": "x"},
+                "finalizers": ["kpcap.io/cleanup", "example.com/keep"],
+            }
+        },
+    )
+    captures.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        captures.namespace,
+        PLURAL,
+        "fixed",
+        {"metadata": {"finalizers": ["kpcap.io/cleanup"]}},
+    )
+    assert captures.get("fixed")["spec"] == {**spec, "system": "host-network", "stop": False}
+    _patch(captures, "fixed", {"stop": True})  # the one allowed change
+    assert _refused_naming(captures, "fixed", {"stop": False}) == ["spec.stop"]
+    # offsetTime belongs to simple captures: immutable there too.
+    captures.create(capture_body("sampled", **SIMPLE))
+    captures.wait_status("sampled", {"success", "failed"})
+    offset = captures.get("sampled")["metadata"]["creationTimestamp"]
+    assert _refused_naming(captures, "sampled", {"offsetTime": offset}) == ["spec.offsetTime"]
+    finish(captures, "fixed")
+
+
 def test_an_invalid_capture_from_before_the_webhook_can_still_be_deleted(
     captures: Captures, operator: RunningOperator
 ) -> None:
