@@ -373,7 +373,14 @@ class LocalCluster:
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [tool("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            # A cache of this cluster's own: kubectl keys its discovery cache by host:port, which
+            # every local cluster on the machine shares, so another's stale API list could answer.
+            [
+                tool("kubectl"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--cache-dir={self.kubeconfig.parent / 'kubectl-cache'}",
+                *args,
+            ],
             input=stdin,
             capture_output=True,
             text=True,
