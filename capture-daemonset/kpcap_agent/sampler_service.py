@@ -5,7 +5,7 @@ may only create TokenReviews). Its parts, each injectable so tests can swap them
 
 - **settings**: :class:`~kpcap_agent.sampler_settings.SamplerServiceConfig`, from the environment;
 - **capture**: a packet source (the live TPACKET_V3 source on a node, sampling in the kernel; a
-  :class:`~kpcap_agent.packetsource.MemorySource` or a live source in a test namespace in tests)
+  :class:`~kpcap_agent.sources.MemorySource` or a live source in a test namespace in tests)
   read by one thread that feeds a :class:`~kpcap_agent.sampler.SampleRing` a block at a time
   (:meth:`~kpcap_agent.sampler.SampleRing.offer_batch`);
 - **authorisation**: an :class:`~kpcap_agent.sampler_auth.Authoriser`
