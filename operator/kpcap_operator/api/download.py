@@ -14,6 +14,7 @@ from kpcap.errors import SpecInvalid
 from kpcap.model import CaptureType, NodePhase, capture_id
 from kpcap.pcap import CHUNK_SIZE, PcapFormatError, PcapRecords, merge
 from kpcap.storage import ObjectReader, ObjectStore, open_store
+from kpcap_operator import spec_changes
 from kpcap_operator.samples import SampleStore
 
 NodeReports = Callable[[str], Mapping[str, Mapping[str, Any]]]
@@ -43,7 +44,7 @@ def file_keys(
     The store comes from ``spec.destinationConf`` (it carries the region and endpoint the URIs lack);
     a file URI outside that bucket is refused rather than fetched.
     """
-    spec = capture.get("spec") or {}
+    spec = spec_changes.admitted(capture)  # the bucket it was admitted with, whatever the spec says now
     files = file_uris(capture, reports=reports)
     text = spec.get("destinationConf")
     if text is None and files:
@@ -103,7 +104,7 @@ def open_capture_download(
 ) -> MergedDownload:
     """A finished capture's PCAP: a simple capture's file in the operator's own store, or a full
     capture's node files merged from its bucket (all of them: from ``reports`` past 50 files)."""
-    if (capture.get("spec") or {}).get("type") == CaptureType.SIMPLE.value:
+    if spec_changes.admitted(capture).get("type") == CaptureType.SIMPLE.value:
         if sample_store is None:
             raise PcapFormatError("this operator keeps no simple captures (no sample store configured)")
         meta = capture["metadata"]

@@ -21,6 +21,7 @@ from typing import Any, Final
 from kpcap.errors import FieldError, SpecInvalid, describe_value
 from kpcap.model import CaptureSpec, parse_spec, spec_to_dict
 from kpcap.names import capture_id
+from kpcap_operator import spec_changes
 
 Json = dict[str, Any]
 
@@ -222,7 +223,7 @@ def _kind(value: object) -> str:
 def capture_to_upstream(obj: Mapping[str, Any]) -> Json:
     """The upstream capture object of a PacketCapture (fields absent from the object are left out)."""
     meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
+    spec = spec_changes.admitted(obj)  # what runs (spec_changes), not a later edit
     status = obj.get("status") or {}
     filter_spec = spec.get("filter") or {}
     inner = {camel: snake for snake, camel in FILTER_FIELDS.items()}
