@@ -73,17 +73,18 @@ def stored(spec: Mapping[str, Any] | None) -> str:
 
 
 def admitted(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec the capture runs: as admitted, with ``stop`` from the live spec once it is true.
+    """The spec the capture runs: as admitted, with ``stop`` true once the live spec said so.
 
     A capture admitted before admittedSpec existed runs its live spec, as it did then.
     """
     live = dict(body.get("spec") or {})
-    text = (body.get("status") or {}).get(ADMITTED_KEY)
+    status = body.get("status") or {}
+    text = status.get(ADMITTED_KEY)
     if not text:
         return live
     spec: dict[str, Any] = json.loads(text)
-    if live.get("stop") is True:
-        spec["stop"] = True
+    if live.get("stop") is True or status.get("stopRequested"):
+        spec["stop"] = True  # and it stays true once the operator has seen it
     return spec
 
 

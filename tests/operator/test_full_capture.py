@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kpcap.model import capture_id
-from kpcap_operator import full_capture
+from kpcap_operator import full_capture, spec_changes
 from kpcap_operator.ledger import AdmissionLedger
 from kpcap_operator.reconcile import reconcile
 from kpcap_operator.result import Result
@@ -393,5 +393,7 @@ def test_the_operator_runs_the_spec_it_admitted_whatever_the_spec_becomes(
     cluster.captures[("team-a", "edited")]["spec"]["stop"] = True
     run_pass(body)
     assert cluster.get(body)["status"].get("stopRequested"), "stop is the one change that counts"
+    cluster.captures[("team-a", "edited")]["spec"]["stop"] = False
+    assert spec_changes.admitted(cluster.get(body))["stop"] is True, "and it cannot be taken back"
     clock.advance(1 + 5 + 1)  # the admitted timeLimit + grace, not 300 s
     assert run_pass(body).finished is not None
