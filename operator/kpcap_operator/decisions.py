@@ -188,6 +188,20 @@ def no_nodes_message(*, spec: CaptureSpec, nodes: Sequence[NodeInfo], colo_label
 
 # --- status from the nodes' reports -------------------------------------------------------------
 
+ROLLOUT_SECONDS_PER_NODE = 0.05
+"""Allowance per target node for its capture pod to be created, bound and started."""
+
+
+def rollout_allowance(targets: int) -> float:
+    """Seconds added to the report grace for ``targets`` nodes' first reports.
+
+    The deadline runs from admission, but a DaemonSet's pods are not all created at once (the
+    DaemonSet controller creates at most 250 per pass, then the scheduler binds and each kubelet
+    starts them): at 2,000 nodes that takes a minute or more, which the grace (meant for a node
+    that went silent) does not cover. 0.05 s per node: 100 s at 2,000, under 1 s below 20.
+    """
+    return ROLLOUT_SECONDS_PER_NODE * targets
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:

@@ -126,7 +126,7 @@ def progress(
         reports=reports,
         started=started,
         now=now,
-        grace=timedelta(seconds=settings.report_grace_seconds),
+        grace=timedelta(seconds=settings.report_grace_seconds + decisions.rollout_allowance(len(targets))),
     )
     if spec.stop and not status.get("stopRequested"):
         result.status["stopRequested"] = status_time(now)

@@ -9,6 +9,7 @@ its nodes' reports from memory, not from the apiserver.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -81,7 +82,11 @@ class Kube:
         return str(answer.status.token), lifetime
 
     def list_nodes(self) -> list[Json]:
-        return [self._json(node) for node in self.core.list_node().items]
+        # The JSON as sent: building and re-serialising V1Node models costs seconds at 2,000 nodes,
+        # and the capture's report deadline runs from its admission.
+        listing = self.core.list_node(_preload_content=False)
+        items: list[Json] = json.loads(listing.data).get("items") or []
+        return items
 
     # --- the capture DaemonSets -------------------------------------------------------------------
 

@@ -492,3 +492,9 @@ def test_time_helpers() -> None:
     assert decisions.parse_time("2025-05-01T12:00:00Z") == T0
     assert decisions.parse_time(None) is None
     assert decisions.rfc3339(T0 + timedelta(microseconds=5)) == "2025-05-01T12:00:00Z"
+
+
+def test_the_rollout_allowance_grows_with_the_targets() -> None:
+    assert decisions.rollout_allowance(0) == 0
+    assert decisions.rollout_allowance(18) < 1.0
+    assert decisions.rollout_allowance(2000) == pytest.approx(100.0)
