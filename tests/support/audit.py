@@ -88,8 +88,18 @@ class AuditLog:
         self.path = path
 
     def marker(self) -> int:
-        """Where the log ends now: pass it to ``entries(since=...)`` to read only what follows."""
-        return self.path.stat().st_size if self.path.exists() else 0
+        """Where the log ends now: pass it to ``entries(since=...)`` to read only what follows.
+
+        The end of the last whole line: under load the apiserver may be half-way through one."""
+        if not self.path.exists():
+            return 0
+        with self.path.open("rb") as log:
+            end = log.seek(0, 2)
+            start = max(0, end - (1 << 20))
+            log.seek(start)
+            tail = log.read(end - start)
+        newline = tail.rfind(b"\n")
+        return start + newline + 1 if newline >= 0 else start
 
     def entries(
         self, *, since: int = 0, start: datetime | None = None, end: datetime | None = None
