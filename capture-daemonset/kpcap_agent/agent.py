@@ -64,6 +64,16 @@ class AgentConfig:
     stop_poll_interval: float = STOP_POLL_INTERVAL
 
     @property
+    def reports_uploading(self) -> bool:
+        """Whether the ``uploading`` step gets a report of its own.
+
+        Only where progress is reported at all (a progress report falls within the time limit): on a
+        capture of many nodes the operator spaces progress reports past any time limit, and each node
+        then writes just its first and its terminal report (2 writes, not 3, at 2,000 nodes).
+        """
+        return self.progress_interval <= self.spec.time_limit
+
+    @property
     def pcap_path(self) -> Path:
         return self.work_dir / f"pcap_{self.capture_id}" / f"{self.node}.pcap"
 
@@ -245,6 +255,19 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
     return result
 
 
+def begin_upload(*, cfg: AgentConfig, api: CaptureApi, uploading: NodeReport, moving_from: NodePhase) -> bool:
+    """Claim the upload: False when this node's report has left ``moving_from`` (someone else's
+    report ended it, e.g. a replaced pod's). The claim is the ``uploading`` report where the node
+    reports that step, else a read of its report (no write)."""
+    if cfg.reports_uploading:
+        claimed = api.report(uploading, moving_from=moving_from)
+    else:
+        claimed = api.own_entry().get("phase") == moving_from
+    if not claimed:
+        log.info("node %s is no longer %s: not uploading", cfg.node, moving_from)
+    return claimed
+
+
 def upload(
     *,
     cfg: AgentConfig,
@@ -261,8 +284,7 @@ def upload(
     assert destination is not None  # noqa: S101 - checked in AgentConfig.from_env
     key = object_key(destination, capture_id=cfg.capture_id, node_name=cfg.node)
     uploading = NodeReport(phase=NodePhase.UPLOADING, packets=packets, bytes=size, drops=drops)
-    if not api.report(uploading, moving_from=moving_from):
-        log.info("node %s is no longer %s: not uploading", cfg.node, moving_from)
+    if not begin_upload(cfg=cfg, api=api, uploading=uploading, moving_from=moving_from):
         return None
     try:
         store = open_store(destination, retry=cfg.upload_retry(started=started, now=datetime.now(UTC)))

@@ -247,6 +247,7 @@ class LightAgent:
         self.agents.timers.submit(self._upload, what=f"upload of {self.node}")
 
     def _upload(self) -> None:
+        from kpcap_agent.agent import begin_upload
         from kpcap_agent.report import NodeReport
 
         assert self.api is not None  # noqa: S101 - set by begin
@@ -257,10 +258,9 @@ class LightAgent:
         data = synthetic_pcap(node_address=self.address, count=count)
         size = len(data)
         try:
-            if not self.api.report(
-                NodeReport(phase=NodePhase.UPLOADING, packets=count, bytes=size),
-                moving_from=NodePhase.RUNNING,
-            ):
+            uploading = NodeReport(phase=NodePhase.UPLOADING, packets=count, bytes=size)
+            running = NodePhase.RUNNING
+            if not begin_upload(cfg=self.cfg, api=self.api, uploading=uploading, moving_from=running):
                 self._end()
                 return
             key = object_key(spec.destination, capture_id=self.cfg.capture_id, node_name=self.node)
