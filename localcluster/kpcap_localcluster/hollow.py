@@ -39,7 +39,7 @@ from kpcap_localcluster.hollow_runtime import (
     shared_client,
     token_view,
 )
-from kpcap_localcluster.kubelet import now_micro
+from kpcap_localcluster.kubelet import now_micro, ready_node_status
 from kpcap_localcluster.light_agent import LightAgent, LightAgents, is_capture_agent
 
 log = logging.getLogger("hollow")
@@ -76,19 +76,6 @@ class HollowConfig:
 
 def node_body(spec: HollowNodeSpec, *, boot_id: str) -> Json:
     """The Node as registered, status included (a Node's create keeps the status it is given)."""
-    now = status_time()
-
-    def cond(kind: str, status: str, reason: str) -> Json:
-        return {
-            "type": kind,
-            "status": status,
-            "reason": reason,
-            "message": reason,
-            "lastHeartbeatTime": now,
-            "lastTransitionTime": now,
-        }
-
-    capacity = {"cpu": "2", "memory": "8Gi", "pods": "110", "ephemeral-storage": "20Gi"}
     labels = {
         "kubernetes.io/hostname": spec.name,
         "kubernetes.io/os": "linux",
@@ -100,33 +87,15 @@ def node_body(spec: HollowNodeSpec, *, boot_id: str) -> Json:
         "kind": "Node",
         "metadata": {"name": spec.name, "labels": labels},
         "spec": {},
-        "status": {
-            "conditions": [
-                cond("Ready", "True", "KubeletReady"),
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID"),
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": spec.address},
-                {"type": "Hostname", "address": spec.name},
-            ],
-            "capacity": capacity,
-            "allocatable": capacity,
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-            "nodeInfo": {
-                "kubeletVersion": VERSION,
-                "kubeProxyVersion": VERSION,
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-                "containerRuntimeVersion": "hollow://local",
-                "osImage": "kpcap hollow node",
-                "kernelVersion": "hollow",
-                "machineID": spec.name,
-                "systemUUID": spec.name,
-                "bootID": boot_id,
-            },
-        },
+        "status": ready_node_status(
+            name=spec.name,
+            address=spec.address,
+            kubelet_version=VERSION,
+            runtime="hollow://local",
+            os_image="kpcap hollow node",
+            kernel="hollow",
+            boot_id=boot_id,
+        ),
     }
 
 

@@ -51,6 +51,49 @@ def now_micro() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def ready_node_status(
+    *, name: str, address: str, kubelet_version: str, runtime: str, os_image: str, kernel: str, boot_id: str
+) -> Json:
+    """A Ready node's ``status`` as a kubelet posts it: the process kubelet's and the hollow nodes'."""
+    now = status_time()
+
+    def cond(kind: str, status: str, reason: str) -> Json:
+        return {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": reason,
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+
+    capacity = {"cpu": "2", "memory": "8Gi", "pods": "110", "ephemeral-storage": "20Gi"}
+    return {
+        "conditions": [
+            cond("Ready", "True", "KubeletReady"),
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID"),
+        ],
+        "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
+        "capacity": capacity,
+        "allocatable": capacity,
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "kubeletVersion": kubelet_version,
+            "kubeProxyVersion": kubelet_version,
+            "operatingSystem": "linux",
+            "architecture": "amd64",
+            "containerRuntimeVersion": runtime,
+            "osImage": os_image,
+            "kernelVersion": kernel,
+            "machineID": name,
+            "systemUUID": name,
+            "bootID": boot_id,
+        },
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class KubeletConfig:
     node_name: str
@@ -117,46 +160,15 @@ class Kubelet:
         self.post_node_status()
 
     def post_node_status(self) -> None:
-        now = status_time()
-
-        def cond(kind: str, status: str, reason: str) -> Json:
-            return {
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": reason,
-                "lastHeartbeatTime": now,
-                "lastTransitionTime": now,
-            }
-
-        capacity = {"cpu": "2", "memory": "8Gi", "pods": "110", "ephemeral-storage": "20Gi"}
-        status = {
-            "conditions": [
-                cond("Ready", "True", "KubeletReady"),
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID"),
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": self.cfg.node_ip},
-                {"type": "Hostname", "address": self.cfg.node_name},
-            ],
-            "capacity": capacity,
-            "allocatable": capacity,
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-            "nodeInfo": {
-                "kubeletVersion": KUBELET_VERSION,
-                "kubeProxyVersion": KUBELET_VERSION,
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-                "containerRuntimeVersion": "process://local",
-                "osImage": "kpcap process kubelet",
-                "kernelVersion": os.uname().release,
-                "machineID": self.cfg.node_name,
-                "systemUUID": self.cfg.node_name,
-                "bootID": self.cfg.run_id,
-            },
-        }
+        status = ready_node_status(
+            name=self.cfg.node_name,
+            address=self.cfg.node_ip,
+            kubelet_version=KUBELET_VERSION,
+            runtime="process://local",
+            os_image="kpcap process kubelet",
+            kernel=os.uname().release,
+            boot_id=self.cfg.run_id,
+        )
         self.api.core.patch_node_status(self.cfg.node_name, {"status": status})
 
     def renew_lease(self) -> None:
