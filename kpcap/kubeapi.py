@@ -7,8 +7,9 @@ are found the same way everywhere.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from kubernetes import client, config
 
@@ -31,6 +32,35 @@ def load_api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()
     return client.ApiClient()
+
+
+def request_json(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    content_type: str = "application/json",
+    query: list[tuple[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One API request, its JSON answer as a dict (no model (de)serialisation: that costs more CPU
+    than the request when thousands are made). Raises ``kubernetes.client.rest.ApiException``.
+
+    ``auth_settings=["BearerToken"]``: how this client version sends a kubeconfig's or a pod's token.
+    """
+    response = api.call_api(
+        path,
+        method,
+        query_params=query or [],
+        body=body,
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+    )
+    data = response.data
+    answer: dict[str, Any] = json.loads(data) if data else {}
+    return answer
 
 
 def parse_time(text: str | None) -> datetime | None:

@@ -32,6 +32,7 @@ from kpcap.kubeapi import (
     REPORT_KIND,
     REPORT_PLURAL,
     VERSION,
+    request_json,
     status_time,
 )
 from kpcap.model import NodePhase
@@ -244,17 +245,7 @@ class CaptureApi:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
-        answer: dict[str, Any] = self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            body=body,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            response_type="object",
-            _return_http_data_only=True,
-        )
-        return answer
+        return request_json(self.api, method, path, body=body, content_type=content_type, query=query)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,13 +29,12 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from kpcap.kubeapi import status_time
+from kpcap.kubeapi import request_json, status_time
 from kpcap_localcluster import podspec
 from kpcap_localcluster.hollow_runtime import (
     STRATEGIC_MERGE_PATCH,
     Json,
     Timers,
-    call,
     shared_client,
     token_view,
 )
@@ -189,12 +188,13 @@ class Hollow:
 
     def register(self, node: HollowNode) -> None:
         try:
-            call(node.api, "POST", "/api/v1/nodes", body=node_body(node.spec, boot_id=self.cfg.run_id))
+            body = node_body(node.spec, boot_id=self.cfg.run_id)
+            request_json(node.api, "POST", "/api/v1/nodes", body=body)
         except ApiException as err:
             if err.status != 409:
                 raise
             status = node_body(node.spec, boot_id=self.cfg.run_id)["status"]
-            call(
+            request_json(
                 node.api,
                 "PATCH",
                 f"/api/v1/nodes/{node.spec.name}/status",
@@ -219,7 +219,7 @@ class Hollow:
         next_in = self.cfg.lease_interval
         try:
             if node.lease_created:
-                call(
+                request_json(
                     node.api,
                     "PATCH",
                     f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}",
@@ -227,7 +227,7 @@ class Hollow:
                     content_type="application/merge-patch+json",
                 )
             else:
-                call(
+                request_json(
                     node.api,
                     "POST",
                     "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
@@ -334,7 +334,7 @@ class Hollow:
             pod=state.pod, address=state.node.spec.address, running=running, reason=reason, message=message
         )
         try:
-            call(
+            request_json(
                 state.node.api,
                 "PATCH",
                 f"{state.path}/status",
@@ -351,7 +351,7 @@ class Hollow:
                 return
             state.deleted = True
         try:
-            call(
+            request_json(
                 state.node.api,
                 "DELETE",
                 state.path,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import heapq
 import itertools
-import json
 import logging
 import threading
 import time
@@ -45,32 +44,6 @@ def token_view(shared: client.ApiClient, token: str) -> client.ApiClient:
     configuration.api_key_prefix = {}
     view.configuration = configuration
     return view
-
-
-def call(
-    api: client.ApiClient,
-    method: str,
-    path: str,
-    *,
-    body: Any = None,
-    content_type: str = "application/json",
-    query: list[tuple[str, Any]] | None = None,
-) -> Json:
-    """One request, its JSON answer as a dict (no model deserialisation: it costs more CPU than
-    the request at this scale). Raises ``kubernetes.client.rest.ApiException``."""
-    response = api.call_api(
-        path,
-        method,
-        query_params=query or [],
-        body=body,
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-        _return_http_data_only=True,
-    )
-    data = response.data
-    parsed: Json = json.loads(data) if data else {}
-    return parsed
 
 
 class Timers:

@@ -25,11 +25,12 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kpcap.destinations import object_key
+from kpcap.kubeapi import request_json
 from kpcap.model import TERMINAL, NodePhase
 from kpcap.pcap import DEFAULT_SNAPLEN, Record, pcap_bytes
 from kpcap.storage import StorageError, open_store
 from kpcap_localcluster import podspec
-from kpcap_localcluster.hollow_runtime import Json, Timer, Timers, call, token_view
+from kpcap_localcluster.hollow_runtime import Json, Timer, Timers, token_view
 
 if TYPE_CHECKING:
     from kpcap.destinations import Destination
@@ -325,7 +326,7 @@ class LightAgent:
         # The Node authoriser learns of a freshly bound pod (and so of its token) a moment later.
         for attempt in range(6):
             try:
-                token: str = call(self.node_api, "POST", path, body=body)["status"]["token"]
+                token: str = request_json(self.node_api, "POST", path, body=body)["status"]["token"]
             except ApiException as err:
                 if err.status != 403 or attempt == 5:
                     raise
@@ -340,7 +341,7 @@ class LightAgent:
         def lookup(kind: str, name: str) -> dict[str, str] | None:
             plural = "secrets" if kind == "Secret" else "configmaps"
             try:
-                found = call(self.node_api, "GET", f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+                found = request_json(self.node_api, "GET", f"/api/v1/namespaces/{namespace}/{plural}/{name}")
             except ApiException as err:
                 if err.status == 404:
                     return None
