@@ -140,11 +140,8 @@ class Kube:
         listing = self.custom.list_cluster_custom_object(
             GROUP, VERSION, REPORT_PLURAL, label_selector=f"{LABEL_CAPTURE_ID}={capture_id}"
         )
-        return {
-            str(item["spec"]["node"]): dict(item.get("status") or {})
-            for item in listing.get("items", [])
-            if (item.get("spec") or {}).get("node")
-        }
+        entries = (_report_entry(item) for item in listing.get("items", []))
+        return {node: status for _, node, status in filter(None, entries)}
 
     # --- the watches ------------------------------------------------------------------------------
 
