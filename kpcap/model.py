@@ -34,6 +34,7 @@ from kpcap.spec_rules import (
     PORT_PROTOCOLS,
     PORT_RANGE,
     PROTOCOL_RANGE,
+    SNAP_LENGTH_RANGE,
     SPEC_FIELDS,
     SYSTEM_ALIASES,
     TIME_LIMIT_RANGE,
@@ -48,6 +49,7 @@ __all__ = [
     "PORT_PROTOCOLS",
     "PORT_RANGE",
     "PROTOCOL_RANGE",
+    "SNAP_LENGTH_RANGE",
     "TIME_LIMIT_RANGE",
     "CaptureFilter",
     "CaptureSpec",
@@ -128,6 +130,7 @@ class CaptureSpec:
     system: CaptureSystem = CaptureSystem.HOST_NETWORK
     filter: CaptureFilter = field(default_factory=CaptureFilter)
     byte_limit: int | None = None
+    snap_length: int | None = None  # None: the whole packet
     colo: str | None = None
     # Not hashed (a mapping is not hashable); equal specs still hash equal.
     node_selector: Mapping[str, str] = field(default_factory=_no_labels, hash=False)
@@ -202,6 +205,9 @@ def parse_spec(spec: object, *, now: datetime | None) -> CaptureSpec:
 
     byte_limit = _parse_int(given("byteLimit"), BYTE_LIMIT_RANGE, path="spec.byteLimit", report=report)
     _require_type(given("byteLimit"), CaptureType.FULL, capture_type, path="spec.byteLimit", report=report)
+    snap_length = _parse_int(
+        given("snapLength"), SNAP_LENGTH_RANGE, path="spec.snapLength", report=report, unit="bytes"
+    )
 
     colo = None
     if given("colo") is not None:
@@ -256,6 +262,7 @@ def parse_spec(spec: object, *, now: datetime | None) -> CaptureSpec:
         time_limit=time_limit,
         packet_limit=packet_limit,
         byte_limit=byte_limit,
+        snap_length=snap_length,
         colo=colo,
         node_selector=MappingProxyType(node_selector),
         destination=destination,
@@ -275,6 +282,8 @@ def spec_to_dict(spec: CaptureSpec) -> dict[str, Any]:
     result["packetLimit"] = spec.packet_limit
     if spec.byte_limit is not None:
         result["byteLimit"] = spec.byte_limit
+    if spec.snap_length is not None:
+        result["snapLength"] = spec.snap_length
     if spec.colo is not None:
         result["colo"] = spec.colo
     if spec.node_selector:
@@ -351,7 +360,9 @@ def _parse_enum(
     return None
 
 
-def _parse_int(value: object, bounds: tuple[int, int], *, path: str, report: _Report) -> int | None:
+def _parse_int(
+    value: object, bounds: tuple[int, int], *, path: str, report: _Report, unit: str = ""
+) -> int | None:
     """An integer within bounds; bool and strings are refused, a whole float (10.0) is accepted."""
     if value is None:
         return None
@@ -361,7 +372,8 @@ def _parse_int(value: object, bounds: tuple[int, int], *, path: str, report: _Re
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         number = int(value)  # JSON has one number type; clients may send 10.0
     if number is None or not bounds[0] <= number <= bounds[1]:
-        report(path, f"must be an integer from {_range(bounds)}, got {describe_value(value)}")
+        unit_text = f" ({unit})" if unit else ""
+        report(path, f"must be an integer from {_range(bounds)}{unit_text}, got {describe_value(value)}")
         return None
     return number
 

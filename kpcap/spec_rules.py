@@ -13,7 +13,11 @@ Required fields and defaults (upstream PCAPs API where it says, docs/design.md o
 ``filter``         default empty: every packet (upstream "empty = all packets")
 ``timeLimit``      required, 1..300 seconds
 ``packetLimit``    1..10000; required for simple (upstream); for full it defaults to 10000
-``byteLimit``      1..1e9, full only, optional (absent: only the packet and time limits apply)
+``byteLimit``      1..1e9, full only, optional (absent: only the packet and time limits apply);
+                   counts the bytes kept (after ``snapLength``), not the bytes on the wire
+``snapLength``     1..262144 bytes kept of each packet, optional (absent: the whole packet, up to
+                   262144); full: cut in the kernel; simple: the samples are cut to it (they hold
+                   at most the samplers' own snap length anyway)
 ``colo``           a node-label value; optional for simple (absent: every node); for full,
                    ``colo`` or ``nodeSelector`` is required (upstream requires colo_name) so a
                    full capture never lands on every node of a cluster by omission
@@ -49,6 +53,8 @@ Schema = dict[str, Any]
 TIME_LIMIT_RANGE: Final = (1, 300)
 PACKET_LIMIT_RANGE: Final = (1, 10_000)
 BYTE_LIMIT_RANGE: Final = (1, 1_000_000_000)
+# libpcap's largest snap length (MAXIMUM_SNAPLEN), which is also kpcap.pcap's DEFAULT_SNAPLEN.
+SNAP_LENGTH_RANGE: Final = (1, 262_144)
 PORT_RANGE: Final = (0, 65_535)
 PROTOCOL_RANGE: Final = (0, 255)
 OFFSET_TIME_WINDOW: Final = timedelta(hours=24)
@@ -99,6 +105,7 @@ SPEC_FIELDS: Final = (
     "timeLimit",
     "packetLimit",
     "byteLimit",
+    "snapLength",
     "colo",
     "nodeSelector",
     "destinationConf",
@@ -159,6 +166,7 @@ def field_schemas() -> dict[str, Schema]:
         "timeLimit": integer_schema(TIME_LIMIT_RANGE),
         "packetLimit": integer_schema(PACKET_LIMIT_RANGE),
         "byteLimit": integer_schema(BYTE_LIMIT_RANGE),
+        "snapLength": integer_schema(SNAP_LENGTH_RANGE),
         "colo": {
             "type": "string",
             "minLength": 1,

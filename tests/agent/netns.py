@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kpcap.pcap import PcapWriter
+from kpcap.pcap import DEFAULT_SNAPLEN, PcapWriter
 from kpcap_agent.afpacket import open_live_source
 from kpcap_agent.capture import CaptureLimits, CaptureResult, run_capture
 from kpcap_agent.copies import CopyPolicy
@@ -201,17 +201,26 @@ def start_capture(
     interfaces: Sequence[str] | None = None,
     copy_policy: CopyPolicy = CopyPolicy.ONE_COPY,
     accept: Callable[[bytes], bool] = lambda _frame: True,
+    snaplen: int = DEFAULT_SNAPLEN,
+    writer_snaplen: int = DEFAULT_SNAPLEN,
 ) -> RunningCapture:
-    """Open a live source in ``netns`` and run a capture into ``path``; returns once it is open."""
+    """Open a live source in ``netns`` and run a capture into ``path``; returns once it is open.
+
+    ``snaplen`` is the kernel's (the source's), ``writer_snaplen`` the file's: the agent sets both
+    to the spec's snapLength; a test can leave the writer's at its default to see what the kernel cut.
+    """
     ready = threading.Event()
     stop_event = threading.Event()
 
     def capture() -> CaptureResult:
         source = open_live_source(
-            filter_expression=filter_expression, interfaces=interfaces, copy_policy=copy_policy
+            filter_expression=filter_expression,
+            interfaces=interfaces,
+            copy_policy=copy_policy,
+            snaplen=snaplen,
         )
         try:
-            with PcapWriter(path=path) as writer:
+            with PcapWriter(path=path, snaplen=writer_snaplen) as writer:
                 ready.set()
                 return run_capture(
                     source=source, writer=writer, limits=limits, accept=accept, stop_event=stop_event

@@ -258,6 +258,8 @@ UPDATE_CASES: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
     ("packetLimit", RUNNING, {**RUNNING, "packetLimit": 5}, "spec.packetLimit"),
     ("byteLimit", RUNNING, {**RUNNING, "byteLimit": 5}, "spec.byteLimit"),
     ("byteLimit removed", RUNNING, without(RUNNING, "byteLimit"), "spec.byteLimit"),
+    ("snapLength", {**RUNNING, "snapLength": 64}, {**RUNNING, "snapLength": 65}, "spec.snapLength"),
+    ("snapLength added", RUNNING, {**RUNNING, "snapLength": 64}, "spec.snapLength"),
     ("colo", RUNNING, {**RUNNING, "colo": "colo-b"}, "spec.colo"),
     ("nodeSelector added", RUNNING, {**RUNNING, "nodeSelector": {"a": "b"}}, "spec.nodeSelector"),
     ("destinationConf", RUNNING, {**RUNNING, "destinationConf": "gs://other"}, "spec.destinationConf"),

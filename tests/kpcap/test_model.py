@@ -101,6 +101,7 @@ def test_full_defaults_and_destination() -> None:
     spec = parse_spec(FULL, now=NOW)
     assert spec.packet_limit == 10_000
     assert spec.byte_limit is None
+    assert spec.snap_length is None  # the whole packet
     assert spec.destination is not None
     assert spec.destination.scheme is DestinationScheme.S3
     assert (spec.destination.bucket, spec.destination.prefix, spec.destination.region) == (
@@ -131,6 +132,9 @@ def test_full_defaults_and_destination() -> None:
         simple(stop=True),
         full(byteLimit=1, packetLimit=1),
         full(byteLimit=1_000_000_000),
+        full(snapLength=1, byteLimit=1),
+        full(snapLength=262_144),
+        simple(snapLength=64.0),  # a whole number from a JSON client
         without(full(nodeSelector={"kpcap.io/capture": "yes"}), "colo"),
         full(destinationConf="gs://kpcap_captures.example/a/b"),
         full(destinationConf="s3://kpcap-captures?endpoint=http://127.0.0.1:9000&region=auto"),
@@ -221,6 +225,8 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
         spec["filter"] = filter_spec
     if capture_type == "simple" or draw(st.booleans()):
         spec["packetLimit"] = draw(st.integers(1, 10_000))
+    if draw(st.booleans()):
+        spec["snapLength"] = draw(st.integers(1, 262_144))
     if capture_type == "full":
         spec["colo"] = draw(st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True))
         spec["destinationConf"] = draw(

@@ -54,6 +54,12 @@ INVALID: list[tuple[str, object, str, str]] = [
     ),
     ("byteLimit zero", full(byteLimit=0), "spec.byteLimit", "1 to 1000000000"),
     ("byteLimit too big", full(byteLimit=1_000_000_001), "spec.byteLimit", "1 to 1000000000"),
+    ("snapLength zero", full(snapLength=0), "spec.snapLength", "must be an integer from 1 to 262144 (bytes)"),
+    ("snapLength negative", simple(snapLength=-1), "spec.snapLength", "1 to 262144 (bytes), got -1"),
+    ("snapLength too big", full(snapLength=262_145), "spec.snapLength", "1 to 262144 (bytes), got 262145"),
+    ("snapLength string", full(snapLength="64"), "spec.snapLength", "a string"),
+    ("snapLength fraction", simple(snapLength=64.5), "spec.snapLength", "got 64.5"),
+    ("snapLength bool", full(snapLength=True), "spec.snapLength", "a boolean"),
     (
         "destinationConf on simple",
         simple(destinationConf="gs://bucket-a/x"),
