@@ -19,7 +19,7 @@ from functools import partial
 from typing import Final
 
 from kpcap.model import CaptureSpec
-from kpcap.pcap import merged_header, merged_records, record_bytes
+from kpcap.pcap import global_header, merged_header, merged_records, parse_global_header, record_bytes
 from kpcap_operator.kube import Kube
 from kpcap_operator.sample_store import SampleStore, open_sample_store
 from kpcap_operator.sampler_client import SamplerAnswer, Samplers, SamplerTls
@@ -79,18 +79,31 @@ class MergedSample:
     per_node: dict[str, int]  # packets each node contributed to the file
 
 
-def merge_newest(answers: Sequence[SamplerAnswer], *, limit: int) -> MergedSample:
+def merge_newest(
+    answers: Sequence[SamplerAnswer], *, limit: int, snap_length: int | None = None
+) -> MergedSample:
     """The answers' records merged by timestamp as they stream in; only the newest ``limit`` are
-    held, so memory is bounded by the capture's packetLimit, whatever the number of nodes."""
+    held, so memory is bounded by the capture's packetLimit, whatever the number of nodes.
+
+    ``snap_length`` (the spec's snapLength) cuts each record's data to it, the original length
+    kept; the samplers have already cut theirs to their own snap length, so a larger one changes
+    nothing."""
     given = [a for a in answers if a.records is not None]
     inputs = [a.records for a in given if a.records is not None]
     header = merged_header([i.header for i in inputs])
+    if snap_length is not None:
+        shape = parse_global_header(header)
+        header = global_header(
+            nanosecond=shape.nanosecond, snaplen=min(shape.snaplen, snap_length), linktype=shape.linktype
+        )
     nanosecond = any(i.header.nanosecond for i in inputs)
     newest = deque(merged_records(inputs), maxlen=limit)
     per_node = dict.fromkeys((a.node for a in given), 0)
     chunks = [header]
     packet_bytes = 0
-    for index, record in newest:
+    for index, whole in newest:
+        cut = snap_length is not None and whole.captured_length > snap_length
+        record = whole._replace(data=whole.data[:snap_length]) if cut else whole
         per_node[given[index].node] += 1
         packet_bytes += record.captured_length
         chunks.append(record_bytes(record, nanosecond=nanosecond))

@@ -50,7 +50,11 @@ def take_sample(
     answers = samplers.ask(targets=targets, spec=spec, since_ns=since_ns, until_ns=until_ns)
     try:
         answered = [a for a in answers if a.records is not None]
-        merged = samples.merge_newest(answered, limit=spec.packet_limit) if answered else None
+        merged = (
+            samples.merge_newest(answered, limit=spec.packet_limit, snap_length=spec.snap_length)
+            if answered
+            else None
+        )
     finally:
         for answer in answers:
             answer.close()

@@ -43,6 +43,20 @@ def test_merge_keeps_the_newest_packet_limit_in_timestamp_order() -> None:
     assert PcapRecords([merged.pcap]).header.nanosecond
 
 
+def test_merge_cuts_records_to_the_snap_length() -> None:
+    # spec.snapLength on a simple capture: each record cut to it, its original length kept.
+    def answers() -> list[SamplerAnswer]:  # an answer's records are read once
+        return [SamplerAnswer("n1", PcapRecords([pcap([(10, b"abcdef"), (20, b"ab")])]), None, 0.01)]
+
+    merged = merge_newest(answers(), limit=10, snap_length=3)
+    records = list(PcapRecords([merged.pcap]))
+    assert [(r.data, r.original_length) for r in records] == [(b"abc", 106), (b"ab", 102)]
+    assert merged.packet_bytes == 5
+    assert PcapRecords([merged.pcap]).header.snaplen == 3
+    wide = merge_newest(answers(), limit=10, snap_length=262_144)
+    assert [r.data for r in PcapRecords([wide.pcap])] == [b"abcdef", b"ab"]
+
+
 def test_merge_of_empty_answers_is_a_valid_empty_pcap() -> None:
     merged = merge_newest([SamplerAnswer("n1", PcapRecords([pcap([])]), None, 0.0)], limit=10)
     assert merged.packets == 0

@@ -102,13 +102,14 @@ def failure(errors: Iterable[ErrorItem]) -> Json:
 
 # --- request -> spec ------------------------------------------------------------------------------
 
-# Upstream (and kpcap's extra ``node_selector``) request fields -> spec fields.
+# Upstream (and kpcap's extensions ``node_selector`` and ``snap_length``) request fields -> spec fields.
 REQUEST_FIELDS: Final = {
     "type": "type",
     "system": "system",
     "time_limit": "timeLimit",
     "packet_limit": "packetLimit",
     "byte_limit": "byteLimit",
+    "snap_length": "snapLength",
     "colo_name": "colo",
     "colo": "colo",
     "destination_conf": "destinationConf",
@@ -240,6 +241,7 @@ def capture_to_upstream(obj: Mapping[str, Any]) -> Json:
     }
     optional = {
         "byte_limit": spec.get("byteLimit"),
+        "snap_length": spec.get("snapLength"),
         "colo_name": spec.get("colo"),
         "destination_conf": spec.get("destinationConf"),
         "offset_time": spec.get("offsetTime"),

@@ -42,7 +42,10 @@ _DESCRIPTIONS: Final = {
     "system": "magic-transit (upstream's value) is an alias of host-network",
     "time_limit": "seconds",
     "packet_limit": "required for simple; for full, defaults to the maximum",
-    "byte_limit": "full only",
+    "byte_limit": "full only; counts the bytes kept (after snap_length), not the bytes on the wire",
+    "snap_length": "kpcap extension (not in the upstream API): bytes kept of each packet, the rest "
+    "cut in the kernel; each record keeps the packet's original length. Absent: the whole packet. "
+    "Simple samples hold at most the samplers' own snap length (default 128 bytes)",
     "colo_name": "a value of the node label the operator is configured with; for full, colo_name or "
     "node_selector is required",
     "colo": "alias of colo_name (give one, not both)",
@@ -203,6 +206,7 @@ SCHEMAS: Final[dict[str, Any]] = {
             "time_limit": {"type": "integer"},
             "packet_limit": {"type": "integer"},
             "byte_limit": {"type": "integer"},
+            "snap_length": {"type": "integer", "description": "kpcap extension: bytes kept of each packet"},
             "colo_name": {"type": "string"},
             "node_selector": {"type": "object", "additionalProperties": {"type": "string"}},
             "destination_conf": {"type": "string"},

@@ -135,6 +135,14 @@ def test_full_request_accepts_colo_and_colo_name(colo_key: str) -> None:
             {"type": "full", "time_limit": 5, "colo": "a", "colo_name": "b", "destination_conf": "gs://bkt"},
             "colo: colo and colo_name are the same field",
         ),
+        (
+            {"type": "simple", "time_limit": 5, "packet_limit": 1, "snap_length": 0},
+            "snap_length: must be an integer from 1 to 262144 (bytes), got 0",
+        ),
+        (
+            {"type": "simple", "time_limit": 5, "packet_limit": 1, "snap_length": "64"},
+            "snap_length: must be an integer from 1 to 262144",
+        ),
         ([1, 2], "request body: must be a JSON object"),
         ("text", "request body: must be a JSON object"),
     ],
@@ -143,6 +151,21 @@ def test_bad_requests_name_the_upstream_field(body: Any, expected: str) -> None:
     found = messages(body)
     assert any(message.startswith(expected) for message in found), found
     assert not any("spec." in message for message in found), found
+
+
+@pytest.mark.parametrize("capture_type", ["simple", "full"])
+def test_snap_length_extension_round_trips(capture_type: str) -> None:
+    # snap_length is a kpcap extension (upstream has no such field), like node_selector.
+    body: dict[str, Any] = {"type": capture_type, "time_limit": 5, "packet_limit": 1, "snap_length": 96}
+    if capture_type == "full":
+        body |= {"colo": "colo-a", "destination_conf": "s3://bucket/dir?region=us-east-1"}
+    spec, stored = request_to_spec(body, now=NOW)
+    assert (spec.snap_length, stored["snapLength"]) == (96, 96)
+    shown = capture_to_upstream({"metadata": {"uid": UID}, "spec": stored, "status": {}})
+    assert shown["snap_length"] == 96
+    assert "snap_length" not in capture_to_upstream(
+        {"metadata": {"uid": UID}, "spec": {**stored, "snapLength": None}}
+    )
 
 
 def test_colo_alias_is_named_as_given() -> None:
