@@ -53,13 +53,22 @@ class SamplesEndpoint:
     """What ``POST /v1/samples`` answers from: the ring, who may ask, and how the node is named."""
 
     def __init__(
-        self, *, ring: SampleRing, authoriser: Authoriser, node_name: str, sample_rate: int, audience: str
+        self,
+        *,
+        ring: SampleRing,
+        authoriser: Authoriser,
+        node_name: str,
+        sample_rate: int,
+        audience: str,
+        answered: Callable[[int], None] | None = None,
     ) -> None:
         self.ring = ring
         self.authoriser = authoriser
         self.node_name = node_name
         self.sample_rate = sample_rate
         self.audience = audience
+        self.answered = answered
+        """Called with the status of each answer to ``POST /v1/samples`` (the metrics count them)."""
 
 
 _SAMPLER: Final = web.AppKey("sampler", SamplesEndpoint)
@@ -95,6 +104,9 @@ async def _errors(
         log.exception("error answering %s %s", request.method, request.path)
         response = _json(500, "internal error; see the sampler's log")
     response.headers["Cache-Control"] = "no-store"
+    answered = request.app[_SAMPLER].answered
+    if answered is not None and request.path == SAMPLES_PATH:
+        answered(response.status)
     return response
 
 

@@ -42,6 +42,7 @@ from typing import Final
 from kpcap.envconfig import EnvError
 from kpcap_agent.afpacket import LiveSource, RingGeometry, open_live_source
 from kpcap_agent.copies import CopyPolicy
+from kpcap_agent.metrics import MetricsServer, SamplerMetrics, serve
 from kpcap_agent.sampler import SamplerConfig, SampleRing
 from kpcap_agent.sampler_auth import Authoriser, TokenReviewAuthoriser
 from kpcap_agent.sampler_ca import ServingCertificate
@@ -126,6 +127,12 @@ class SamplerService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_drops = 0
+        # Each read of the kernel's drop count resets the kernel's counter: one reader at a time.
+        self._drops_lock = threading.Lock()
+        self.metrics_server: MetricsServer | None = None
+        self.metrics = SamplerMetrics(
+            stats=self.ring.stats, drops=self.kernel_drops, budget=self.ring.config.byte_budget
+        )
         addresses = ["127.0.0.1", "::1"]
         if not ipaddress.ip_address(config.host).is_unspecified:
             addresses.append(config.host)
@@ -140,6 +147,7 @@ class SamplerService:
             node_name=config.node_name,
             sample_rate=config.sampler.sample_rate,
             audience=config.audience,
+            answered=self.metrics.answered,
         )
         self._server = HttpsServer(
             create_app(endpoint), host=config.host, port=config.port, tls=self._certificate.context
@@ -159,6 +167,10 @@ class SamplerService:
     def address(self) -> tuple[str, int]:
         return self._server.address
 
+    def kernel_drops(self) -> int:
+        with self._drops_lock:
+            return self.source.kernel_drops()
+
     def start(self) -> None:
         self._server.start()
         for name, target in (
@@ -169,12 +181,19 @@ class SamplerService:
             thread.start()
             self._threads.append(thread)
         log.info("serving HTTPS on %s:%d", *self.address)
+        if self.config.metrics_port is not None:
+            self.metrics_server = serve(
+                registry=self.metrics.registry, host=self.config.host, port=self.config.metrics_port
+            )
 
     def stop(self, *, timeout: float = 10.0) -> None:
         if self._stop.is_set() and not self._threads:
             return
         self._stop.set()
         self._server.stop(timeout=timeout)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
@@ -216,7 +235,7 @@ class SamplerService:
     def log_stats(self) -> None:
         stats = self.ring.stats()
         budget = self.ring.config.byte_budget
-        drops = self.source.kernel_drops()
+        drops = self.kernel_drops()
         # The frames reaching the ring are already sampled (1 in N, in the kernel): the ring keeps
         # every one it is offered (``sampled`` also counts those already past retention).
         log.info(

@@ -57,6 +57,7 @@ class SamplerServiceConfig:
     node_ip: str | None = None  # also named in the serving certificate (hostNetwork: the node's IP)
     ca: tuple[bytes, bytes] | None = None  # (certificate, key) PEM of the CA issuing the serving cert
     ca_dir: Path | None = None  # where ``ca`` was read: checked for a rotated CA (refresh_certificate)
+    metrics_port: int | None = None  # plain-HTTP /metrics on ``host`` (counts only); None: not served
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SamplerServiceConfig:
@@ -134,6 +135,11 @@ class SamplerServiceConfig:
             node_ip=node_ip,
             ca=None if ca_dir is None else read_ca(Path(ca_dir)),
             ca_dir=None if ca_dir is None else Path(ca_dir),
+            metrics_port=None
+            if envconfig.optional(source, "KPCAP_SAMPLER_METRICS_PORT") is None
+            else envconfig.integer(
+                source, "KPCAP_SAMPLER_METRICS_PORT", default=0, low=1, high=65535, what="the metrics port"
+            ),
         )
 
 
