@@ -23,7 +23,7 @@ from kpcap.destinations import object_key
 from kpcap.filters import bpf_expression, compile_matcher
 from kpcap.kubeapi import parse_time
 from kpcap.model import TERMINAL, CaptureSpec, NodePhase, parse_spec
-from kpcap.pcap import PcapWriter, iter_pcap_records
+from kpcap.pcap import DEFAULT_SNAPLEN, PcapWriter, iter_pcap_records
 from kpcap.storage import RetryPolicy, StorageError, open_store
 from kpcap_agent.afpacket import open_live_source
 from kpcap_agent.capture import CaptureLimits, CaptureResult, run_capture
@@ -186,18 +186,22 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
     spec = cfg.spec
     cfg.pcap_path.parent.mkdir(parents=True, exist_ok=True)
     expression = bpf_expression(spec.filter)
+    # The kernel filter's accepting return cuts each frame to the snap length, so the rest never
+    # reaches the ring; the writer's snaplen covers what the VLAN tag put back adds.
+    snaplen = DEFAULT_SNAPLEN if spec.snap_length is None else spec.snap_length
     log.info(
-        "capturing on %s: filter %r, limits packets=%d bytes=%s time=%ds -> %s",
+        "capturing on %s: filter %r, snap length %d, limits packets=%d bytes=%s time=%ds -> %s",
         ",".join(cfg.interfaces) if cfg.interfaces else "all interfaces but lo",
         expression,
+        snaplen,
         spec.packet_limit,
         spec.byte_limit,
         spec.time_limit,
         cfg.pcap_path,
     )
     with (
-        open_live_source(filter_expression=expression, interfaces=cfg.interfaces) as source,
-        PcapWriter(path=cfg.pcap_path) as writer,
+        open_live_source(filter_expression=expression, interfaces=cfg.interfaces, snaplen=snaplen) as source,
+        PcapWriter(path=cfg.pcap_path, snaplen=snaplen) as writer,
     ):
         # Creates this node's report, before any progress report (those only replace a running one).
         api.report(NodeReport(phase=NodePhase.RUNNING))
