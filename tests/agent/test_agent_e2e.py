@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kpcap.pcap import GLOBAL_HEADER_SIZE, PcapRecords, parse_global_header
 from kpcap_localcluster.cluster import LocalCluster
 from tests.support.captures import Captures, capture_body
 from tests.support.kpcap_install import AGENT_SA, CREDENTIALS_SECRET, OPERATOR_NAMESPACE
@@ -45,7 +46,13 @@ def _s3(cluster: LocalCluster) -> Any:
 
 
 def _run_capture(
-    captures: Captures, cluster: LocalCluster, *, name: str, destination: str, marker: str
+    captures: Captures,
+    cluster: LocalCluster,
+    *,
+    name: str,
+    destination: str,
+    marker: str,
+    **extra: Any,
 ) -> dict[str, Any]:
     spec = {
         "type": "full",
@@ -54,6 +61,7 @@ def _run_capture(
         "colo": "colo-a",
         "destinationConf": destination,
         "filter": {"protocol": 17, "destinationPort": 7777},
+        **extra,
     }
     captures.create(capture_body(name, **spec))
     try:
@@ -100,6 +108,33 @@ def test_full_capture_to_s3_holds_exactly_the_matching_packets(
         assert udp_payloads(body) == [(7777, marker.encode())] * 25, "only the matching packets, in order"
         assert final["nodes"][node]["packets"] == 25
     wait_for(lambda: not captures.daemonsets(capture), timeout=15, what="the DaemonSet to be deleted")
+
+
+def test_snap_length_cuts_the_stored_packets(captures: Captures, operator: RunningOperator) -> None:
+    # spec.snapLength 64 through the operator's DaemonSet to the agents' kernel filter: every stored
+    # record holds the first 64 bytes, with the frame's whole length as its original length.
+    cluster = operator.cluster
+    assert cluster.s3 is not None
+    bucket = f"kpcap-{secrets.token_hex(4)}"
+    _s3(cluster).create_bucket(Bucket=bucket)
+    payload = f"s-{secrets.token_hex(6)}".ljust(1000, "x")
+    final = _run_capture(
+        captures,
+        cluster,
+        name="snapped",
+        destination=f"s3://{bucket}/c?region=us-east-1&endpoint={cluster.s3.endpoint}",
+        marker=payload,
+        snapLength=64,
+    )
+    cid = captures.get("snapped")["metadata"]["uid"].replace("-", "")
+    wire_length = 14 + 20 + 8 + len(payload)  # Ethernet, IPv4, UDP headers
+    for node in ("kpcap-node-1", "kpcap-node-2"):
+        body = _s3(cluster).get_object(Bucket=bucket, Key=f"c/pcap_{cid}/{node}.pcap")["Body"].read()
+        assert parse_global_header(body[:GLOBAL_HEADER_SIZE]).snaplen == 64
+        records = list(PcapRecords([body]))
+        assert [(r.captured_length, r.original_length) for r in records] == [(64, wire_length)] * 25
+        assert {r.data[42:] for r in records} == {payload[:22].encode()}
+        assert (final["nodes"][node]["packets"], final["nodes"][node]["bytes"]) == (25, 25 * 64)
 
 
 def test_full_capture_to_gcs(captures: Captures, operator: RunningOperator) -> None:
