@@ -8,7 +8,8 @@ it is deleted.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import zlib
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from kpcap.kubeapi import LABEL_CAPTURE_ID
@@ -29,6 +30,9 @@ __all__ = [
 LABEL_CAPTURE_NAMESPACE = "kpcap.io/capture-namespace"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_CAPTURE_NAME = "kpcap.io/capture-name"
+ANNOTATION_METRICS_PORT = "kpcap.io/metrics-port"
+"""On the DaemonSet and its pods: the port the agents serve /metrics on (a PodMonitor relabels the
+pods' address with it; it is no containerPort, see ``agent_metrics_port``)."""
 AGENT_WORK_DIR = "/var/lib/kpcap"
 # Room for a 1 GB capture (byteLimit's maximum) plus PCAP record headers.
 AGENT_WORK_DIR_LIMIT = "1200Mi"
@@ -51,6 +55,27 @@ def stop_poll_interval(targets: int) -> float:
     return max(1.0, 0.005 * targets)
 
 
+def agent_metrics_port(*, capture_id: str, ports: tuple[int, int], taken: Collection[int]) -> int | None:
+    """The port this capture's agents serve metrics on: one of ``ports`` (first, last) that no live
+    capture DaemonSet has (``taken``); None when all are.
+
+    Agents run with hostNetwork, so two captures on a node (from two namespaces) need two ports.
+    The search starts at a place given by the capture id, not at the first port, so two captures
+    created at the same moment (before either DaemonSet is seen) still get different ports but for
+    a hash collision (1 in the range's size). It is not declared as a containerPort: with
+    hostNetwork that is a hostPort, and a clash would leave a capture pod unschedulable, where here
+    it only costs that agent its metrics (it logs the port in use).
+    """
+    first, last = ports
+    size = last - first + 1
+    start = zlib.crc32(capture_id.encode()) % size
+    for step in range(size):
+        port = first + (start + step) % size
+        if port not in taken:
+            return port
+    return None
+
+
 def capture_labels(*, capture_id: str, namespace: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "kpcap",
@@ -70,6 +95,7 @@ def capture_daemonset(
     spec: CaptureSpec,
     targets: Sequence[str],
     capture_uid: str | None = None,
+    metrics_port: int | None = None,
 ) -> Json:
     """One DaemonSet per full capture: hostNetwork agents on exactly ``targets``, NET_RAW/NET_ADMIN only."""
     labels = capture_labels(capture_id=capture_id, namespace=capture_namespace)
@@ -137,6 +163,9 @@ def capture_daemonset(
     if capture_uid is not None:
         # The agents' reports are owned by the capture (deleted with it by the garbage collector).
         pod_spec["containers"][0]["env"].insert(3, {"name": "KPCAP_CAPTURE_UID", "value": capture_uid})
+    if metrics_port is not None:
+        annotations[ANNOTATION_METRICS_PORT] = str(metrics_port)
+        pod_spec["containers"][0]["env"].append({"name": "KPCAP_METRICS_PORT", "value": str(metrics_port)})
     if settings.agent_priority_class:
         pod_spec["priorityClassName"] = settings.agent_priority_class
     if settings.agent_credentials_secret:

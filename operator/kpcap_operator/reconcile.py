@@ -15,7 +15,7 @@ from typing import Any
 
 from kpcap.errors import SpecInvalid
 from kpcap.model import TERMINAL, CaptureSpec, CaptureStatus, CaptureType, parse_spec
-from kpcap_operator import admission, decisions, full_capture, simple_capture, spec_changes
+from kpcap_operator import admission, decisions, full_capture, metrics, simple_capture, spec_changes
 from kpcap_operator.cluster import Cluster
 from kpcap_operator.ledger import AdmissionLedger
 from kpcap_operator.result import Result, refused
@@ -47,6 +47,7 @@ def admit(
         spec = parse_spec(body.get("spec"), now=now)
     except SpecInvalid as invalid:
         # An invalid capture counts for no rule, so it needs no place in the ledger.
+        metrics.refused(source="operator", reason=decisions.REASON_INVALID)
         return refused(reason=decisions.REASON_INVALID, message=str(invalid), now=now)
     observed_at = ledger.observing()
     listed = admission.existing_captures(cluster.list_captures(meta["namespace"]))
@@ -57,11 +58,13 @@ def admit(
         refusal = admission.refusal(capture=me, others=turn.others, window=window)
         if refusal is not None:
             turn.decided(me, status=CaptureStatus.FAILED.value, refused_by_rule=True)
+            metrics.refused(source="operator", reason=refusal.reason)
             return refused(reason=refusal.reason, message=refusal.message, now=now)
         targets = decisions.target_nodes(spec=spec, nodes=nodes, colo_label=settings.colo_label)
         if not targets:
             turn.decided(me, status=CaptureStatus.FAILED.value)
             message = decisions.no_nodes_message(spec=spec, nodes=nodes, colo_label=settings.colo_label)
+            metrics.refused(source="operator", reason=decisions.REASON_NO_NODES)
             return refused(reason=decisions.REASON_NO_NODES, message=message, now=now)
         turn.decided(me, status=CaptureStatus.PENDING.value)
     return Admitted(spec=spec, targets=targets, at=now)

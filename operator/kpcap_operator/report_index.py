@@ -49,13 +49,15 @@ class ReportIndex:
             self._reports = fresh
             self._synced = True
 
-    def updated(self, *, capture_id: str, node: str, status: Mapping[str, Any]) -> None:
-        """An added or modified report (a terminal entry stays)."""
+    def updated(self, *, capture_id: str, node: str, status: Mapping[str, Any]) -> Json | None:
+        """An added or modified report (a terminal entry stays); the entry it replaced, if any."""
         with self._lock:
             nodes = self._reports.setdefault(capture_id, {})
-            if _is_terminal(nodes.get(node)) and not _is_terminal(status):
-                return
+            before = nodes.get(node)
+            if _is_terminal(before) and not _is_terminal(status):
+                return before
             nodes[node] = dict(status)
+            return before
 
     def removed(self, *, capture_id: str, node: str) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from kpcap.kubeapi import API_VERSION, KIND
 from kpcap.model import TERMINAL, CaptureSpec, CaptureType
 from kpcap.pcap import PCAP_MEDIA_TYPE, PcapFormatError
 from kpcap.storage import StorageError
-from kpcap_operator import admission
+from kpcap_operator import admission, metrics
 from kpcap_operator.api import ownership as own
 from kpcap_operator.api.mapping import (
     ApiError,
@@ -55,7 +55,10 @@ def rule_conflict(
         others=admission.existing_captures(existing),
         window=window,
     )
-    return None if refusal is None else refusal.message
+    if refusal is None:
+        return None
+    metrics.refused(source="api", reason=refusal.reason)
+    return refusal.message
 
 
 async def list_captures(request: web.Request) -> web.Response:

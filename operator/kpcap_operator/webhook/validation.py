@@ -11,9 +11,12 @@ import kopf
 
 from kpcap.errors import SpecInvalid
 from kpcap.model import parse_spec
-from kpcap_operator import admission, spec_changes
+from kpcap_operator import admission, decisions, metrics, spec_changes
 from kpcap_operator.cluster import Cluster
 from kpcap_operator.settings import OperatorSettings
+
+SPEC_CHANGE_REFUSED = "SpecChangeRefused"
+"""The refusal reason (metrics) of an UPDATE changing more than ``stop``."""
 
 
 def validate_admission(
@@ -37,10 +40,12 @@ def validate_admission(
     try:
         spec = parse_spec(body.get("spec"), now=now if operation == "CREATE" else None)
     except SpecInvalid as invalid:
+        metrics.refused(source="webhook", reason=decisions.REASON_INVALID)
         raise kopf.AdmissionError(str(invalid), code=422) from None
     if operation != "CREATE":
         problems = spec_changes.refused_changes(old.get("spec"), body.get("spec")) if old else []
         if problems:
+            metrics.refused(source="webhook", reason=SPEC_CHANGE_REFUSED)
             raise kopf.AdmissionError(spec_changes.refusal_message(problems), code=422)
         return
     meta = body["metadata"]
@@ -52,4 +57,5 @@ def validate_admission(
         window=timedelta(seconds=settings.simple_rate_window_seconds),
     )
     if refusal is not None:
+        metrics.refused(source="webhook", reason=refusal.reason)
         raise kopf.AdmissionError(refusal.message, code=429)
