@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -122,3 +124,34 @@ def issued_certificate(
         serialization.Encoding.PEM
     )
     return chain, _key_pem(key)
+
+
+class ServingFiles:
+    """A server TLS context (TLS 1.2 or later) from certificate-chain and key files, reloaded by
+    ``refresh`` when either file changed: a mounted Secret renewed by cert-manager is served without
+    a restart (new handshakes get the new pair, open connections keep theirs).
+
+    Raises OSError or ssl.SSLError (naming the files) if the pair cannot be loaded.
+    """
+
+    def __init__(self, *, cert_file: str | Path, key_file: str | Path) -> None:
+        self.cert_file, self.key_file = Path(cert_file), Path(key_file)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp: tuple[int, int] | None = None
+        self.refresh()
+
+    def _current_stamp(self) -> tuple[int, int]:
+        return self.cert_file.stat().st_mtime_ns, self.key_file.stat().st_mtime_ns
+
+    def refresh(self) -> bool:
+        """Load the pair again if a file changed since the last load; True if it did."""
+        stamp = self._current_stamp()
+        if stamp == self._stamp:
+            return False
+        try:
+            self.context.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
+        except ssl.SSLError as err:
+            raise ssl.SSLError(f"cannot load TLS pair {self.cert_file}, {self.key_file}: {err}") from err
+        self._stamp = stamp
+        return True

@@ -7,8 +7,10 @@ middleware that turns every refusal into the upstream failure envelope.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Final
 
@@ -16,6 +18,7 @@ from aiohttp import web
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kpcap.tls import ServingFiles
 from kpcap_operator.api import capture_handlers as captures
 from kpcap_operator.api import ownership as own
 from kpcap_operator.api import ownership_handlers as ownerships
@@ -26,10 +29,14 @@ from kpcap_operator.api.openapi import ACCOUNT, PREFIX, openapi_document
 from kpcap_operator.api.services import SERVICES, ApiSettings, Services
 from kpcap_operator.kube import Kube
 from kpcap_operator.samples import SampleStore
+from kpcap_operator.settings import OperatorSettings
 
-__all__ = ["ApiSettings", "Services", "create_app", "start_api"]
+__all__ = ["ApiSettings", "Services", "api_tls_files", "create_app", "start_api"]
 
 log = logging.getLogger(__name__)
+
+TLS_REFRESH_SECONDS: Final = 30.0
+"""How often the API's certificate files are checked for a renewal (a Secret volume updates in ~1 min)."""
 
 
 async def openapi(_: web.Request) -> web.Response:
@@ -129,12 +136,57 @@ def create_app(
     return app
 
 
+def api_tls_files(settings: OperatorSettings) -> ServingFiles | None:
+    """The API's TLS pair as the settings name it; None when TLS is off (plain HTTP).
+
+    Raises ValueError naming the file when the pair cannot be loaded.
+    """
+    if not settings.api_tls_enabled:
+        return None
+    try:
+        return ServingFiles(cert_file=settings.api_tls_cert_file, key_file=settings.api_tls_key_file)
+    except (OSError, ssl.SSLError) as err:
+        raise ValueError(
+            f"KPCAP_API_TLS_CERT_FILE/KPCAP_API_TLS_KEY_FILE ({settings.api_tls_cert_file},"
+            f" {settings.api_tls_key_file}): cannot load the REST API's TLS pair: {err}"
+        ) from err
+
+
+async def _refresh_tls(tls: ServingFiles) -> None:
+    while True:
+        await asyncio.sleep(TLS_REFRESH_SECONDS)
+        try:
+            if tls.refresh():
+                log.info("PCAPs API: reloaded its TLS pair %s", tls.cert_file)
+        except (OSError, ssl.SSLError) as err:  # mid-renewal: keep serving the last good pair
+            log.warning("PCAPs API: TLS pair not reloaded: %s", err)
+
+
 async def start_api(
-    *, api: client.ApiClient, settings: ApiSettings, sample_store: SampleStore | None, host: str, port: int
+    *,
+    api: client.ApiClient,
+    settings: ApiSettings,
+    sample_store: SampleStore | None,
+    host: str,
+    port: int,
+    tls: ServingFiles | None,
 ) -> web.AppRunner:
-    """Serve the API on ``host:port`` in the running event loop; ``await runner.cleanup()`` to stop."""
-    runner = web.AppRunner(create_app(api=api, settings=settings, sample_store=sample_store), access_log=None)
+    """Serve the API on ``host:port`` in the running event loop, over HTTPS with ``tls`` (None:
+    plain HTTP, only behind a TLS-terminating proxy); ``await runner.cleanup()`` to stop."""
+    app = create_app(api=api, settings=settings, sample_store=sample_store)
+    if tls is not None:
+
+        async def refreshing(_: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(_refresh_tls(tls))
+            yield
+            task.cancel()
+
+        app.cleanup_ctx.append(refreshing)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host=host or None, port=port).start()
-    log.info("PCAPs API listening on %s:%s%s", host or "*", port, PREFIX)
+    await web.TCPSite(
+        runner, host=host or None, port=port, ssl_context=None if tls is None else tls.context
+    ).start()
+    scheme = "https" if tls is not None else "http (no TLS: behind a TLS-terminating proxy only)"
+    log.info("PCAPs API listening on %s:%s%s, %s", host or "*", port, PREFIX, scheme)
     return runner
