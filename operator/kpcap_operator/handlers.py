@@ -16,16 +16,21 @@ from typing import Any
 import kopf
 
 from kpcap.kubeapi import GROUP, PLURAL, VERSION
-from kpcap.model import TERMINAL, CaptureType
+from kpcap.model import TERMINAL, CaptureType, capture_id
 from kpcap_operator import full_capture, metrics, simple_capture
+from kpcap_operator.capture_loop import CaptureLoop, LoopTiming
 from kpcap_operator.kube import Kube
+from kpcap_operator.leader import AlwaysLeader, Leadership
 from kpcap_operator.ledger import AdmissionLedger
 from kpcap_operator.reconcile import reconcile
+from kpcap_operator.result import Result
 from kpcap_operator.samples import Sampling
 from kpcap_operator.settings import OperatorSettings
+from kpcap_operator.wakeups import Wakeups
 from kpcap_operator.webhook.validation import validate_admission
 
 log = logging.getLogger(__name__)
+Json = dict[str, Any]
 FINALIZER = "kpcap.io/cleanup"
 
 
@@ -37,9 +42,32 @@ def _not_finished(status: kopf.Status, **_: Any) -> bool:
     return status.get("status") not in TERMINAL
 
 
-def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling) -> kopf.OperatorRegistry:
+def _observe(*, body: Json, result: Result) -> None:
+    """A pass's metrics: nodes reporting while it runs; counted and timed once it finishes."""
+    meta, current = body["metadata"], body.get("status") or {}
+    # Full captures count their nodes by phase (status.nodes may list only some); simple ones list all.
+    counts = result.status.get("nodeCounts") or current.get("nodeCounts")
+    nodes = current.get("nodes") or {}
+    reporting = sum(n for phase, n in counts.items() if phase != "pending") if counts else len(nodes)
+    where = {"namespace": str(meta["namespace"]), "name": str(meta["name"])}
+    if result.finished is not None:
+        metrics.capture_finished(
+            **where,
+            capture_type=(body.get("spec") or {}).get("type", "?"),
+            status=result.finished.value,
+            started=result.status.get("started") or current.get("started"),
+            now=_now(),
+        )
+    else:
+        metrics.capture_progress(**where, reporting=reporting, counts=counts)
+
+
+def build_registry(
+    *, settings: OperatorSettings, kube: Kube, sampling: Sampling, leadership: Leadership | None = None
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     ledger = AdmissionLedger()
+    leader: Leadership = leadership or AlwaysLeader()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -63,19 +91,14 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
     def stop_watching_daemonsets(**_: Any) -> None:
         kube.stop_watching()
 
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        interval=settings.reconcile_interval_seconds,
-        when=_not_finished,
-        backoff=2,
-        registry=registry,
-    )
-    def reconcile_capture(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    wakeups = Wakeups()
+    kube.on_change(wakeups.wake)
+    timing = LoopTiming.of(settings.reconcile_interval_seconds)
+
+    def one_pass(body: Json) -> Result:
         try:
             result = reconcile(
-                body=dict(body),
+                body=body,
                 settings=settings,
                 cluster=kube,
                 ledger=ledger,
@@ -86,40 +109,49 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
         except Exception:
             metrics.RECONCILE_ERRORS.labels(stage="reconcile").inc()
             raise
-        # Only what changed: a running capture whose reports did not move makes no write at all.
-        current = body.get("status") or {}
-        changed = {key: value for key, value in result.status.items() if current.get(key) != value}
-        generation = body.get("metadata", {}).get("generation")
-        if changed and generation is not None:
-            # Every status write says which spec generation it was made for (kstatus, Argo CD, Flux).
-            changed["observedGeneration"] = generation
-        for key, value in changed.items():
-            patch.status[key] = value
+        _observe(body=body, result=result)
+        return result
+
+    def post_events(body: kopf.Body, result: Result) -> None:
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             log.info("%s/%s %s: %s", body.metadata.namespace, body.metadata.name, event.reason, event.message)
-        # Full captures count their nodes by phase (status.nodes may list only some); simple ones list all.
-        counts = result.status.get("nodeCounts") or current.get("nodeCounts")
-        nodes = current.get("nodes") or {}
-        reporting = sum(n for phase, n in counts.items() if phase != "pending") if counts else len(nodes)
-        gauge = metrics.NODES_REPORTING.labels(namespace=body.metadata.namespace, capture=body.metadata.name)
-        if result.finished is not None:
-            metrics.CAPTURES.labels(type=body.spec.get("type", "?"), status=result.finished.value).inc()
-            metrics.NODES_REPORTING.remove(body.metadata.namespace, body.metadata.name)
-        else:
-            gauge.set(reporting)
+
+    # One loop per unfinished capture (capture_loop): a pass at once, then whenever its reports or
+    # DaemonSets change (the watches wake it), and every few seconds as a safety net.
+    @kopf.daemon(GROUP, VERSION, PLURAL, when=_not_finished, backoff=2, registry=registry)
+    async def reconcile_capture(body: kopf.Body, uid: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        cid = capture_id(uid)
+        await CaptureLoop(
+            capture_id=cid,
+            timing=timing,
+            is_leader=leader.is_leader,  # a standby replica waits: only the Lease holder reconciles
+            run_pass=one_pass,
+            write_status=lambda current, changes: kube.patch_capture_status(
+                current["metadata"]["namespace"], current["metadata"]["name"], changes
+            ),
+            reports=lambda: kube.reports.reports(cid),
+            post_events=lambda result: post_events(body, result),
+        ).run(live=body, stopped=stopped, wakeups=wakeups)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def wake_on_change(uid: str, **_: Any) -> None:
+        wakeups.wake(capture_id(uid))  # e.g. spec.stop set: the loop looks now, not at its safety pass
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     def clean_finished(body: kopf.Body, status: kopf.Status, **_: Any) -> None:
         if status.get("status") in TERMINAL:
             full_capture.remove_daemonsets(cluster=kube, body=body, why="found finished")
 
+    # Every replica, leader or not: each one's Kopf removes the finalizer after this handler, so it
+    # must clean up first (idempotent: the second deletion finds nothing).
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     def delete_capture(body: kopf.Body, **_: Any) -> None:
         if body.spec.get("type") == CaptureType.SIMPLE.value:
             simple_capture.delete_sample(store=sampling.store, body=body)
         full_capture.remove_daemonsets(cluster=kube, body=body, why="deleted")
         ledger.forget(str(body.metadata.uid))
+        metrics.forget_capture(namespace=str(body.metadata.namespace), name=str(body.metadata.name))
 
     if settings.webhook_enabled:
 
@@ -148,7 +180,10 @@ def build_registry(*, settings: OperatorSettings, kube: Kube, sampling: Sampling
 
 
 def configure_kopf(
-    *, kopf_settings: kopf.OperatorSettings, webhook_server: kopf.WebhookServer | None
+    *,
+    kopf_settings: kopf.OperatorSettings,
+    webhook_server: kopf.WebhookServer | None,
+    manage_webhook_config: bool = True,
 ) -> None:
     kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kpcap.io")
@@ -160,4 +195,5 @@ def configure_kopf(
     kopf_settings.networking.request_timeout = 30
     if webhook_server is not None:
         kopf_settings.admission.server = webhook_server
-        kopf_settings.admission.managed = "kpcap.io"
+        # Unmanaged: the chart's configuration (its CA in caBundle) serves every replica alike.
+        kopf_settings.admission.managed = "kpcap.io" if manage_webhook_config else None

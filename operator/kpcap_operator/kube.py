@@ -19,8 +19,10 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from kpcap.kubeapi import GROUP, LABEL_CAPTURE_ID, PLURAL, REPORT_PLURAL, VERSION
+from kpcap.kubeapi import GROUP, LABEL_CAPTURE_ID, PLURAL, REPORT_PLURAL, VERSION, request_json
+from kpcap_operator import metrics
 from kpcap_operator.daemonset_index import DaemonSetIndex
+from kpcap_operator.manifests import ANNOTATION_METRICS_PORT
 from kpcap_operator.report_index import ReportIndex
 
 Json = dict[str, Any]
@@ -44,6 +46,16 @@ class Kube:
         self.reports = ReportIndex()
         self._stop = threading.Event()
         self._watchers: list[threading.Thread] = []
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(capture_id)`` from the watch threads whenever one of the capture's reports
+        or DaemonSets changes (``capture_loop``'s wake-ups); it must be quick and thread-safe."""
+        self._listeners.append(listener)
+
+    def _changed(self, capture_id: str) -> None:
+        for listener in self._listeners:
+            listener(capture_id)
 
     def _json(self, obj: Any) -> Json:
         data: Json = self.api.sanitize_for_serialization(obj)
@@ -57,6 +69,18 @@ class Kube:
         """Create a PacketCapture (the REST API's POST); the object as the apiserver stored it."""
         created: Json = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         return created
+
+    def patch_capture_status(self, namespace: str, name: str, status: Json) -> Json | None:
+        """A merge patch of the capture's status subresource; the object as stored, None if gone."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        try:
+            return request_json(
+                self.api, "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
 
     def request_stop(self, namespace: str, name: str) -> None:
         """Set ``spec.stop`` (the REST API's stop): the agents end early and upload what they have."""
@@ -114,6 +138,16 @@ class Kube:
         self.daemonsets.added(capture_id=meta["labels"][LABEL_CAPTURE_ID], name=meta["name"])
         return created
 
+    def agent_metrics_ports(self) -> set[int]:
+        """A listing, made only when a capture's DaemonSet is about to be created."""
+        listing = self.apps.list_namespaced_daemon_set(self.namespace, label_selector=LABEL_CAPTURE_ID)
+        ports = set()
+        for ds in listing.items:
+            given = (ds.metadata.annotations or {}).get(ANNOTATION_METRICS_PORT, "")
+            if given.isdigit():
+                ports.add(int(given))
+        return ports
+
     def delete_capture_daemonsets(self, capture_id: str) -> list[str]:
         """Delete every DaemonSet of the capture (by label, so a renamed or duplicate one goes too)."""
         deleted = []
@@ -142,6 +176,23 @@ class Kube:
         )
         entries = (_report_entry(item) for item in listing.get("items", []))
         return {node: status for _, node, status in filter(None, entries)}
+
+    def pod_refusals(self, capture_id: str) -> list[str]:
+        """Messages of the DaemonSet controller's ``FailedCreate`` Events on the capture's DaemonSets,
+        newest first. Read only while no node has reported (``full_capture.progress``); a failed read
+        is logged and counts as none (it must never hold a capture up)."""
+        found: list[tuple[str, str]] = []
+        for name in self.capture_daemonsets(capture_id):
+            selector = f"involvedObject.kind=DaemonSet,involvedObject.name={name},reason=FailedCreate"
+            try:
+                events = self.core.list_namespaced_event(self.namespace, field_selector=selector).items
+            except ApiException as err:
+                log.warning("cannot read the Events of DaemonSet %s/%s: %s", self.namespace, name, err.reason)
+                continue
+            for event in events:
+                when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+                found.append((str(when or ""), str(event.message or "")))
+        return [message for _, message in sorted(found, reverse=True)]
 
     # --- the watches ------------------------------------------------------------------------------
 
@@ -226,8 +277,11 @@ class Kube:
                 capture_id, node, status = entry
                 if kind == "DELETED":
                     self.reports.removed(capture_id=capture_id, node=node)
+                    self._changed(capture_id)
                 else:
-                    self.reports.updated(capture_id=capture_id, node=node, status=status)
+                    before = self.reports.updated(capture_id=capture_id, node=node, status=status)
+                    metrics.report_changed(before=before, after=status)
+                    self._changed(capture_id)
 
     def _list_and_watch(self, apps: client.AppsV1Api) -> None:
         listing = apps.list_namespaced_daemon_set(self.namespace, label_selector=LABEL_CAPTURE_ID)
@@ -253,6 +307,7 @@ class Kube:
                 continue
             if kind == "DELETED":
                 self.daemonsets.removed(capture_id=cid, name=name)
+                self._changed(cid)
             else:
                 self.daemonsets.added(capture_id=cid, name=name)
 
