@@ -8,29 +8,33 @@ packet data only, i.e. the sum of ``incl_len`` over the records. It does not cou
 header nor the 16-byte record headers, so a file holding N packets is
 ``24 + 16 * N + packet_bytes`` bytes long.
 
-Records are written as they arrive through a fixed-size write buffer (write-through, buffered), so
-memory stays flat whatever the limits; :meth:`PcapWriter.close` flushes and fsyncs so a file that
+Records are written as they arrive, a megabyte at a time (:mod:`kpcap.pcap.direct_file`), so memory
+stays flat whatever the limits; :meth:`PcapWriter.close` writes the rest and fsyncs, so a file that
 was closed is on disk even if the node goes down right after.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self
 
 from kpcap.pcap.classic import (
     DEFAULT_SNAPLEN,
     LINKTYPE_ETHERNET,
     RECORD_HEADER,
+    RECORD_HEADER_SIZE,
     global_header,
     record_bytes,
 )
+from kpcap.pcap.direct_file import AlignedFile
 from kpcap.pcap.record import NANOSECONDS_PER_SECOND, RecordTuple, TimedPacket
 
-_WRITE_BUFFER_BYTES: Final = 1 << 20
+# The most data one record may hold (64 times a full snap length: far beyond any frame, GRO and
+# BIG TCP included). The staging buffer reserves room for one such record; its pages cost memory
+# only when a record that large is written.
+MAX_RECORD_DATA: Final = 64 * DEFAULT_SNAPLEN
 
 
 class RecordSink(Protocol):
@@ -78,6 +82,9 @@ class PcapWriter:
 
     Frames longer than ``snaplen`` are truncated to it (``incl_len`` = snaplen, ``orig_len`` kept).
     Counts :attr:`packets` and :attr:`packet_bytes` (sum of ``incl_len``, see the module docstring).
+    Records are assembled in place in the staging buffer of an :class:`AlignedFile` (one copy of
+    each frame's bytes in userspace) and written a megabyte at a time, past the page cache where the
+    filesystem allows (:mod:`kpcap.pcap.direct_file` says why).
     """
 
     def __init__(
@@ -91,53 +98,58 @@ class PcapWriter:
         self.packets = 0
         self.packet_bytes = 0
         # Exclusive create: a capture never silently overwrites an earlier file.
-        self._file: BinaryIO | None = path.open("xb", buffering=_WRITE_BUFFER_BYTES)
-        self._file.write(global_header(nanosecond=True, snaplen=snaplen, linktype=linktype))
-        self._write: Callable[[bytes], int] = self._file.write
-        self._pack_record_header = RECORD_HEADER.pack
+        self._file = AlignedFile(path=path, headroom=RECORD_HEADER_SIZE + min(snaplen, MAX_RECORD_DATA))
+        header = global_header(nanosecond=True, snaplen=snaplen, linktype=linktype)
+        self._file.buffer[: len(header)] = header
+        self._file.used = len(header)
+        self._pack_record_header = RECORD_HEADER.pack_into
+
+    @property
+    def writes_past_page_cache(self) -> bool:
+        """Whether the filesystem took ``O_DIRECT`` (else the chunks go through the page cache)."""
+        return self._file.direct
 
     def write(self, seconds: int, nanoseconds: int, data: bytes, original_length: int) -> int:
-        """Append one record; returns its ``incl_len`` (the packet-data bytes written).
-
-        Positional arguments: called once per packet, and keyword calls cost measurably more.
-        """
-        included = data if len(data) <= self.snaplen else data[: self.snaplen]
-        included_length = len(included)
-        # One write of header + data: cheaper than two buffered writes for small frames.
-        self._write(
-            self._pack_record_header(seconds, nanoseconds, included_length, original_length) + included
-        )
-        self.packets += 1
-        self.packet_bytes += included_length
-        return included_length
+        """Append one record; returns its ``incl_len`` (the packet-data bytes written)."""
+        return self.write_batch(((seconds, nanoseconds, data, original_length, 0),))
 
     def write_batch(self, records: Iterable[RecordTuple]) -> int:
-        """Append one record each with a single write; returns the packet-data bytes written.
+        """Append one record each; returns the packet-data bytes written.
 
-        The per-packet path of a live capture: a whole ring block's frames go through here at once,
-        headers and data joined into one buffer (one buffered write instead of one per frame).
+        The per-packet path of a live capture: a whole ring block's frames go through here at once.
+        Per frame: one header packed into the staging buffer and one copy of the data after it.
         """
+        file = self._file
+        if file.closed:
+            raise ValueError("write to a closed pcap file")
         snaplen = self.snaplen
-        pack = self._pack_record_header
-        parts: list[bytes] = []
-        append = parts.append
+        pack_into = self._pack_record_header
+        buffer = file.buffer
+        flush_at = file.flush_at
+        position = file.used
         count = 0
         written = 0
         for seconds, nanoseconds, data, original_length, _ in records:
             length = len(data)
+            included = data
             if length > snaplen:
                 length = snaplen
-                append(pack(seconds, nanoseconds, length, original_length))
-                append(data[:snaplen])
-            else:
-                append(pack(seconds, nanoseconds, length, original_length))
-                append(data)
+                included = data[:snaplen]
+            if length > MAX_RECORD_DATA:
+                raise ValueError(f"a record holds at most {MAX_RECORD_DATA} bytes, got {length}")
+            start = position + RECORD_HEADER_SIZE
+            pack_into(buffer, position, seconds, nanoseconds, length, original_length)
+            position = start + length
+            buffer[start:position] = included
             written += length
             count += 1
-        if count:
-            self._write(b"".join(parts))
-            self.packets += count
-            self.packet_bytes += written
+            if position >= flush_at:
+                file.used = position
+                file.flush_chunks()
+                position = file.used
+        file.used = position
+        self.packets += count
+        self.packet_bytes += written
         return written
 
     def write_frame(self, *, timestamp_ns: int, data: bytes, original_length: int | None = None) -> int:
@@ -146,20 +158,12 @@ class PcapWriter:
         return self.write(seconds, nanoseconds, data, max(original_length or 0, len(data)))
 
     def close(self) -> None:
-        """Flush, fsync and close; idempotent."""
-        if self._file is None:
-            return
-        file, self._file = self._file, None
-        self._write = _write_to_closed
-        try:
-            file.flush()
-            os.fsync(file.fileno())
-        finally:
-            file.close()
+        """Write what is staged, fsync and close; idempotent."""
+        self._file.close()
 
     @property
     def closed(self) -> bool:
-        return self._file is None
+        return self._file.closed
 
     def __enter__(self) -> Self:
         return self
@@ -171,10 +175,6 @@ class PcapWriter:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _write_to_closed(_data: bytes) -> int:
-    raise ValueError("write to a closed pcap file")
 
 
 def pcap_bytes(
