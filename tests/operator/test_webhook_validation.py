@@ -49,6 +49,12 @@ def test_an_invalid_spec_is_refused_with_422_naming_the_field() -> None:
     assert str(error).startswith("spec.byteLimit: only allowed when spec.type is 'full'")
 
 
+def test_a_snap_length_out_of_range_is_refused_naming_the_range() -> None:
+    error = denied(InMemoryCluster(), request("bad", {**FULL, "snapLength": 262_145}))
+    assert error.code == 422
+    assert str(error) == "spec.snapLength: must be an integer from 1 to 262144 (bytes), got 262145"
+
+
 def test_a_second_full_capture_is_refused_with_429_while_one_is_active() -> None:
     cluster = InMemoryCluster()
     first = cluster.add(
@@ -131,6 +137,7 @@ CHANGES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("packetLimit", {"packetLimit": 5}, ["spec.packetLimit"]),
     ("byteLimit", {"byteLimit": 5}, ["spec.byteLimit"]),
     ("colo", {"colo": "colo-b"}, ["spec.colo"]),
+    ("snapLength added", {"snapLength": 64}, ["spec.snapLength"]),
     ("nodeSelector", {"nodeSelector": {"a": "b"}}, ["spec.nodeSelector"]),
     ("destinationConf", {"destinationConf": "gs://other-bucket"}, ["spec.destinationConf"]),
     ("two at once", {"timeLimit": 60, "colo": "colo-b"}, ["spec.colo", "spec.timeLimit"]),
