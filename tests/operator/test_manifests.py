@@ -149,6 +149,7 @@ def full_specs(draw: st.DrawFn) -> dict[str, Any]:
     for name, strategy in [
         ("packetLimit", st.integers(1, 10_000)),
         ("byteLimit", st.integers(1, 1_000_000_000)),
+        ("snapLength", st.integers(1, 262_144)),
         ("stop", st.booleans()),
         ("system", st.sampled_from(["host-network", "magic-transit"])),
     ]:
