@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from kubernetes import client
 from scapy.utils import PcapNgReader, PcapReader
 
+from kpcap.pcap import PcapRecords
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.install import Samplers
 from kpcap_localcluster.ports import free_port
@@ -206,6 +207,9 @@ def test_tokens_and_rbac_decide(account: Account, operator: RunningOperator, cor
 # --- the official SDK -------------------------------------------------------------------------
 
 
+SNAP_LENGTH = 42 + 10
+
+
 def test_sdk_simple_capture_flow(account: Account, operator: RunningOperator) -> None:
     cf = sdk(account.writer)
     ns = account.name
@@ -223,6 +227,8 @@ def test_sdk_simple_capture_flow(account: Account, operator: RunningOperator) ->
         time_limit=60,
         packet_limit=100,
         filter_v1={"destination_address": target, "protocol": 17, "destination_port": 53},
+        # snap_length: kpcap's extension; Ethernet, IPv4 and UDP headers and 10 payload bytes.
+        extra_body={"snap_length": SNAP_LENGTH},
     )
     pcap_id = created.id  # type: ignore[union-attr]
     assert len(pcap_id) == 32
@@ -237,12 +243,17 @@ def test_sdk_simple_capture_flow(account: Account, operator: RunningOperator) ->
     assert got.status == "success", got
     assert elapsed < 2.0, f"{elapsed:.2f} s from the create call to success"
     assert got.filter_v1.destination_port == 53
+    assert got.model_dump()["snap_length"] == SNAP_LENGTH  # type: ignore[union-attr]
     listed = list(cf.magic_transit.pcaps.list(account_id=ns))
     assert [c.id for c in listed] == [pcap_id]
     cf.magic_transit.pcaps.stop(pcap_id, account_id=ns)  # 204 (already finished: nothing to do)
     downloaded = cf.magic_transit.pcaps.download.get(pcap_id, account_id=ns).read()
     # Sent by node 1 (sampled leaving) and received by node 2 (sampled arriving); nothing else.
-    assert udp_payloads(downloaded) == [(53, marker.encode())] * 24
+    assert udp_payloads(downloaded) == [(53, marker.encode()[:10])] * 24
+    wire_length = 42 + len(marker)
+    assert {(r.captured_length, r.original_length) for r in PcapRecords([downloaded])} == {
+        (SNAP_LENGTH, wire_length)
+    }
     assert sdk(account.reader).magic_transit.pcaps.download.get(pcap_id, account_id=ns).read() == downloaded
     started = time.monotonic()
     with pytest.raises(cloudflare.RateLimitError, match="only one simple capture is allowed") as caught:
@@ -502,7 +513,7 @@ _json = st.recursive(
     max_leaves=12,
 )
 _CREATE_FIELDS = ["type", "system", "time_limit", "packet_limit", "byte_limit", "colo_name", "colo"]
-_CREATE_FIELDS += ["destination_conf", "offset_time", "filter_v1", "node_selector"]
+_CREATE_FIELDS += ["destination_conf", "offset_time", "filter_v1", "node_selector", "snap_length"]
 _field_values = st.one_of(
     _json,
     # Destinations only at the test S3 server (a bucket that does not exist there: a 400), never at
