@@ -122,6 +122,7 @@ class LocalCluster:
     owns_state_dir: bool = True
     light_nodes: list[str] = field(default_factory=list)  # names of the hollow process's nodes
     hollow: ManagedProcess | None = None
+    restart_backoff: float | None = None  # the kubelets' first restart delay; None: theirs (1 s)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -136,9 +137,12 @@ class LocalCluster:
         timeout: float = 120.0,
         light_nodes: int = 0,
         light_zone: str = light_nodes_module.DEFAULT_ZONE,
+        restart_backoff: float | None = None,
     ) -> LocalCluster:
         """``light_nodes``: that many more Nodes (``kpcap-light-<i>`` in ``light_zone``) kept by one
-        hollow process (``kpcap_localcluster.hollow``), the control plane sized for them."""
+        hollow process (``kpcap_localcluster.hollow``), the control plane sized for them.
+        ``restart_backoff``: the process kubelets' first container restart delay (a real kubelet's
+        CrashLoopBackOff starts at 10 s; the harness's default is 1 s)."""
         node_specs = list(nodes) if nodes is not None else default_nodes()
         light_names = light_nodes_module.light_node_names(light_nodes)
         binaries = ensure_binaries(build=build)
@@ -147,7 +151,9 @@ class LocalCluster:
         directory = state_dir or Path(tempfile.mkdtemp(prefix=f"kpcap-{run_id}-"))
         directory.mkdir(parents=True, exist_ok=True)
         net = network.create_bridge(run_id=run_id)
-        cluster = cls(run_id=run_id, state_dir=directory, net=net, owns_state_dir=owns)
+        cluster = cls(
+            run_id=run_id, state_dir=directory, net=net, owns_state_dir=owns, restart_backoff=restart_backoff
+        )
         try:
             cluster._write_state()
             pki = create_pki(
@@ -238,6 +244,7 @@ class LocalCluster:
                     "images": {k: list(v) for k, v in KNOWN_IMAGES.items()},
                     "run_id": self.run_id,
                     "mountpoints_log": str(self.mountpoints_log),
+                    **({"restart_backoff_base": self.restart_backoff} if self.restart_backoff else {}),
                 }
             )
         )

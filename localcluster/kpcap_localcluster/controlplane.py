@@ -27,7 +27,7 @@ import yaml
 from kpcap_localcluster.binaries import ControlPlaneBinaries
 from kpcap_localcluster.pki import ClusterPki, Identity
 from kpcap_localcluster.ports import free_port
-from kpcap_localcluster.processes import ManagedProcess, spawn
+from kpcap_localcluster.processes import ManagedProcess, respawn, spawn
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,26 @@ class ControlPlane:
     pki: ClusterPki
     audit_log: Path  # JSON lines, one audit.k8s.io/v1 Event per write request
     processes: list[ManagedProcess] = field(default_factory=list)
+    run_id: str = ""
+
+    def restart_apiserver(self, *, down_seconds: float = 0.0, timeout: float = 120.0) -> None:
+        """Stop kube-apiserver (SIGTERM, as a rolling upgrade does), keep it down ``down_seconds``,
+        start it again with the same flags and etcd; returns once it is ready (fault tests)."""
+        index = next(i for i, p in enumerate(self.processes) if p.name == "kube-apiserver")
+        old = self.processes[index]
+        began = time.monotonic()
+        old.stop(grace=3)  # SIGTERM, then SIGKILL: a 1.20 apiserver may take 10 s to drain its watches
+        log.info("kube-apiserver stopped in %.1f s", time.monotonic() - began)
+        time.sleep(down_seconds)
+        self.processes[index] = respawn(old, run_id=self.run_id)
+        began = time.monotonic()
+        _wait(
+            "kube-apiserver /readyz after a restart",
+            lambda: _get(f"{self.server}/readyz", token=self.admin.token, ca_file=self.pki.ca_cert)[0] == 200,
+            timeout=timeout,
+            procs=self.processes,
+        )
+        log.info("kube-apiserver ready again in %.1f s", time.monotonic() - began)
 
     def stop(self) -> None:
         # Reverse start order: clients of the apiserver first, etcd last.
@@ -179,6 +199,7 @@ def start_control_plane(
         pki=pki,
         audit_log=logs / "kube-apiserver-audit.log",
         processes=[etcd],
+        run_id=run_id,
     )
     audit_policy = state_dir / "audit-policy.yaml"
     audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))

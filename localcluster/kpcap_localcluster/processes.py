@@ -104,6 +104,16 @@ def spawn(
     return ManagedProcess(name=name, popen=popen, log_path=log_path)
 
 
+def respawn(proc: ManagedProcess, *, run_id: str, grace: float = 10.0) -> ManagedProcess:
+    """Stop ``proc`` (if running) and start its command line again, output appended to the same log
+    (fault tests: an apiserver restart, a node's kubelet brought back)."""
+    argv = proc.popen.args
+    if not isinstance(argv, list | tuple):
+        raise TypeError(f"{proc.name} was not started from an argument list: {argv!r}")
+    proc.stop(grace=grace)
+    return spawn(name=proc.name, argv=[str(a) for a in argv], log_path=proc.log_path, run_id=run_id)
+
+
 def processes_of_run(run_id: str | None = None) -> Iterator[tuple[int, str]]:
     """(pid, command line) of every live process tagged with ``run_id`` (any run when None)."""
     needle = f"{RUN_MARKER}={run_id}".encode() if run_id else f"{RUN_MARKER}=".encode()

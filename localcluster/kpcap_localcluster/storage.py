@@ -75,8 +75,10 @@ def _wait_listening(host: str, port: int, proc: ManagedProcess, *, timeout: floa
     raise TimeoutError(f"{proc.name} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
-def start_s3(*, host: str, log_dir: Path, run_id: str) -> StorageServer:
-    port = free_port(host)
+def start_s3(*, host: str, log_dir: Path, run_id: str, port: int | None = None) -> StorageServer:
+    """moto's S3 server; ``port``: a given one (a restart on the same endpoint), else a free one.
+    It keeps its buckets in memory: a restarted server starts empty."""
+    port = port or free_port(host)
     proc = spawn(
         name="moto-s3",
         argv=[sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
