@@ -84,6 +84,7 @@ class RateRow:
     tcpdump_drops: int | None
     arrival_rate: float  # pps, from the first and last timestamps of tcpdump's file
     peak_rate: float  # pps over the busiest 10 ms window of tcpdump's file
+    tcpdump_cpu_seconds: float
 
     @property
     def verdict(self) -> str:
@@ -116,6 +117,7 @@ def _side_by_side(*, label: str, send: Callable[[], Sent], work: Path) -> RateRo
         agent = engine.finish()
         time.sleep(0.5)  # tcpdump (C) is not behind the engine; give it a moment all the same
         tcpdump_packets, tcpdump_drops, arrival_rate, peak_rate = tcpdump.finish()
+        tcpdump_cpu_seconds = tcpdump.cpu_seconds
         received_after, dropped_after = NET.receiver_rx()
     finally:
         for process in (engine, tcpdump):
@@ -133,6 +135,7 @@ def _side_by_side(*, label: str, send: Callable[[], Sent], work: Path) -> RateRo
         tcpdump_drops=tcpdump_drops,
         arrival_rate=arrival_rate,
         peak_rate=peak_rate,
+        tcpdump_cpu_seconds=tcpdump_cpu_seconds,
     )
 
 
@@ -214,15 +217,17 @@ def print_sustained_table(rows: Sequence[tuple[int, RateRow]], *, seconds: float
     buffer = f"{agent_ring_kib() // 1024} MiB"
     print(
         "| frame | run | pps on the wire (mean) | sent | received by veth | agent captured "
-        "| agent kernel drops | tcpdump captured | tcpdump kernel drops | agent / tcpdump |"
+        "| agent kernel drops | tcpdump captured | tcpdump kernel drops | agent / tcpdump "
+        "| CPU s: agent / tcpdump |"
     )
-    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for frame_length, row in rows:
         print(
             f"| {frame_length} B | {row.label} | {row.arrival_rate:,.0f} | {row.sent.packets:,} "
             f"| {row.received:,} | {row.agent['packets']:,} | {row.agent['kernel_drops']:,} "
             f"| {row.tcpdump_packets:,} | {_drops(row.tcpdump_drops)} "
-            f"| {row.ratio:.3f}{'' if row.ratio >= 1 else ' **BELOW**'} |"
+            f"| {row.ratio:.3f}{'' if row.ratio >= 1 else ' **BELOW**'} "
+            f"| {row.agent['cpu_seconds']:.2f} / {row.tcpdump_cpu_seconds:.2f} |"
         )
     print(f"\nKernel buffers: the agent's ring {buffer}, tcpdump -B {agent_ring_kib()} ({buffer}).")
     print(f"Each run: {seconds:g} s at the sender's maximum.")

@@ -71,7 +71,9 @@ def engine_main(argv: Sequence[str]) -> None:
         open_live_source(filter_expression=bpf_expression(capture_filter_)) as source,
         PcapWriter(path=args.pcap) as writer,
     ):
+        source.recheck_tagged_frames(compile_matcher(capture_filter_))
         ready_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ready_cpu = time.process_time()
         print(json.dumps({"ready": True, "interfaces": source.interfaces}), flush=True)
 
         def drain_when_told() -> None:
@@ -90,7 +92,7 @@ def engine_main(argv: Sequence[str]) -> None:
             limits=CaptureLimits(
                 packet_limit=args.packet_limit, time_limit=args.time_limit, byte_limit=args.byte_limit
             ),
-            accept=compile_matcher(capture_filter_),
+            accept=None,  # as the agent: the kernel filter, and the source's check of tagged frames
             stop_event=stop,
         )
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -105,6 +107,7 @@ def engine_main(argv: Sequence[str]) -> None:
                 "duration_seconds": result.duration_seconds,
                 "ready_rss_kib": ready_rss,
                 "peak_rss_kib": peak_rss,
+                "cpu_seconds": time.process_time() - ready_cpu,
             }
         ),
         flush=True,
@@ -189,6 +192,12 @@ class Engine:
             self.process.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Tcpdump:
     """``tcpdump -w`` in the receiving namespace, on the receiver's veth end, with a kernel buffer
     of ``buffer_kib`` (``-B``; the benchmark gives it the agent's ring size)."""
@@ -204,12 +213,14 @@ class Tcpdump:
             self.process.wait(timeout=10)
             raise RuntimeError(f"tcpdump did not start: {self.stderr[0]}{self.process.stderr.read()}")
         self.pcap = pcap
+        self.cpu_seconds = float("nan")
 
     def finish(self) -> tuple[int, int | None, float, float]:
         """Stop it (SIGINT, as ^C); returns the packets in its file, its kernel drops and the
         packets' average and peak (10 ms) arrival rates, from the timestamps in its file."""
         from kpcap.pcap import iter_pcap_records
 
+        self.cpu_seconds = _cpu_seconds(self.process.pid)  # `ip netns exec` execs tcpdump: its pid
         self.process.send_signal(signal.SIGINT)
         _, stderr = self.process.communicate(timeout=60)
         dropped = re.search(r"(\d+) packets? dropped by kernel", stderr)

@@ -15,12 +15,14 @@ Limits (all enforced here, whatever the source):
 
 ``accept`` is a second, userspace check of each frame (the kernel BPF filter is the first): a
 frame it refuses is neither written nor counted. It is given the frame as it will be written (for
-VLAN traffic: with its 802.1Q tag).
+VLAN traffic: with its 802.1Q tag). ``None``: the source's frames need no check (the live source
+checks the few frames its kernel filter judged differently itself: ``kpcap_agent.afpacket``).
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import sys
 import threading
 import time
@@ -32,6 +34,7 @@ from kpcap.pcap import RecordSink, RecordTuple
 from kpcap_agent.sources import PacketSource, SourceExhausted
 
 DEFAULT_POLL_INTERVAL = 0.2
+_ALL_ACCEPTED = itertools.repeat(True)  # the verdicts when there is no check
 _data_of = itemgetter(2)  # a frame's data (seconds, nanoseconds, data, original length, interface)
 
 
@@ -65,7 +68,7 @@ class CaptureResult:
     kernel_drops: int
     reason: StopReason
     interfaces: tuple[str, ...]
-    rejected: int  # frames the kernel filter passed but ``accept`` refused
+    rejected: int  # frames the kernel filter passed but ``accept`` or the source's check refused
     duration_seconds: float
 
 
@@ -74,7 +77,7 @@ def run_capture(
     source: PacketSource,
     writer: RecordSink,
     limits: CaptureLimits,
-    accept: Callable[[bytes], bool],
+    accept: Callable[[bytes], bool] | None,
     stop_event: threading.Event,
     clock: Callable[[], float] = time.monotonic,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
@@ -111,11 +114,11 @@ def run_capture(
         # no limit reached within the batch; then nothing but ``accept`` runs Python code per frame
         # (map, sum and max iterate in C), and the batch is written at once.
         datas = list(map(_data_of, frames))
-        verdicts = list(map(accept, datas))
+        verdicts = list(map(accept, datas)) if accept is not None else None
         sizes = list(map(len, datas))
         batch_bytes = sum(sizes)
         if (
-            all(verdicts)
+            (verdicts is None or all(verdicts))
             and packets + len(frames) < packet_limit
             and packet_bytes + batch_bytes < byte_limit
             and max(sizes) <= snaplen
@@ -128,7 +131,7 @@ def run_capture(
         # neither written nor counted as rejected.
         accepted: list[RecordTuple] = []
         keep = accepted.append
-        for frame, verdict, length in zip(frames, verdicts, sizes, strict=True):
+        for frame, verdict, length in zip(frames, verdicts or _ALL_ACCEPTED, sizes, strict=False):
             if not verdict:
                 rejected += 1
                 continue
@@ -153,6 +156,6 @@ def run_capture(
         kernel_drops=source.kernel_drops(),
         reason=reason,
         interfaces=source.interfaces,
-        rejected=rejected,
+        rejected=rejected + source.rejected(),
         duration_seconds=clock() - started,
     )

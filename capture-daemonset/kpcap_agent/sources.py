@@ -42,6 +42,10 @@ class PacketSource(Protocol):
         """Frames the kernel dropped for want of buffer space since the source was opened."""
         ...
 
+    def rejected(self) -> int:
+        """Frames the kernel filter passed but the source's own userspace check refused."""
+        ...
+
 
 @dataclass(kw_only=True)
 class MemorySource:
@@ -71,6 +75,9 @@ class MemorySource:
     def kernel_drops(self) -> int:
         return 0
 
+    def rejected(self) -> int:
+        return 0
+
 
 class PcapFileSource:
     """Replays the frames of a classic pcap file (Ethernet), with their timestamps, as fast as read."""
@@ -91,4 +98,7 @@ class PcapFileSource:
         return batch
 
     def kernel_drops(self) -> int:
+        return 0
+
+    def rejected(self) -> int:
         return 0

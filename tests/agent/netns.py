@@ -203,8 +203,12 @@ def start_capture(
     accept: Callable[[bytes], bool] = lambda _frame: True,
     snaplen: int = DEFAULT_SNAPLEN,
     writer_snaplen: int = DEFAULT_SNAPLEN,
+    recheck: Callable[[bytes], bool] | None = None,
 ) -> RunningCapture:
     """Open a live source in ``netns`` and run a capture into ``path``; returns once it is open.
+
+    ``recheck`` arranges the check as the agent does: the source checks only the frames its kernel
+    filter judged without their outer VLAN tag, and the loop checks nothing (``accept`` unused).
 
     ``snaplen`` is the kernel's (the source's), ``writer_snaplen`` the file's: the agent sets both
     to the spec's snapLength; a test can leave the writer's at its default to see what the kernel cut.
@@ -220,10 +224,16 @@ def start_capture(
             snaplen=snaplen,
         )
         try:
+            if recheck is not None:
+                source.recheck_tagged_frames(recheck)
             with PcapWriter(path=path, snaplen=writer_snaplen) as writer:
                 ready.set()
                 return run_capture(
-                    source=source, writer=writer, limits=limits, accept=accept, stop_event=stop_event
+                    source=source,
+                    writer=writer,
+                    limits=limits,
+                    accept=accept if recheck is None else None,
+                    stop_event=stop_event,
                 )
         finally:
             source.close()

@@ -125,6 +125,9 @@ class IdleSource:
     def kernel_drops(self) -> int:
         return 0
 
+    def rejected(self) -> int:
+        return 0
+
 
 def test_time_limit_without_traffic_uses_receive_timeouts(tmp_path: Path) -> None:
     source = IdleSource()

@@ -251,6 +251,48 @@ def test_vlan_tagged_frames_keep_their_tag(veth_pair: VethPair, tmp_path: Path) 
     assert all(result.rejected == 0 for result in results.values())
 
 
+def test_only_frames_judged_without_their_outer_tag_are_checked_again(
+    veth_pair: VethPair, tmp_path: Path
+) -> None:
+    # The agent's arrangement: no userspace check in the loop; the source re-checks the frames whose
+    # outer tag the kernel stripped before its filter ran. A frame with three tags passes the kernel
+    # filter (it sees two) but not the spec (up to two): it is the one the re-check must refuse.
+    def stacked(tags: int, number: int) -> bytes:
+        frame = Ether(src=veth_pair.left.mac, dst=veth_pair.right.mac)
+        for tag in range(tags):
+            frame /= Dot1Q(vlan=100 + tag)
+        frame /= IP(src="198.18.200.11", dst="198.18.200.12") / UDP(sport=40000, dport=5555)
+        return bytes(frame / Raw(number.to_bytes(4, "big") + bytes(20)))
+
+    kept = [stacked(tags, number) for number in range(5) for tags in (0, 1, 2)]
+    three_tags = [stacked(3, number) for number in range(5)]
+    capture_filter = CaptureFilter(destination_port=5555)
+    captures = {
+        name: start_capture(
+            netns=veth_pair.right.netns,
+            path=tmp_path / f"{name}.pcap",
+            filter_expression=bpf_expression(capture_filter),
+            limits=CaptureLimits(packet_limit=10000, time_limit=30),
+            interfaces=[veth_pair.right.interface],
+            recheck=recheck,
+        )
+        for name, recheck in (
+            ("agent", lambda frame: matches(capture_filter, frame)),
+            ("kernel only", lambda _frame: True),
+        )
+    }
+    send_frames(netns=veth_pair.left.netns, interface=veth_pair.left.interface, frames=kept + three_tags)
+    time.sleep(0.5)
+    for running in captures.values():
+        running.stop_event.set()
+    results = {name: running.result() for name, running in captures.items()}
+
+    assert tshark_raw_frames(tmp_path / "agent.pcap") == kept
+    assert results["agent"].rejected == len(three_tags)
+    # Without the re-check the kernel's verdict alone keeps the three-tag frames: the check is needed.
+    assert tshark_raw_frames(tmp_path / "kernel only.pcap") == kept + three_tags
+
+
 def test_vlan_sub_interface_copy_is_kept_once(veth_pair: VethPair, tmp_path: Path) -> None:
     # The kernel hands a tagged frame to the parent (tag in metadata) and again, untagged, to the
     # VLAN sub-interface: two copies of one packet when capturing on all interfaces.
