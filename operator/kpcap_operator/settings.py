@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kpcap import envconfig
+from kpcap.logformat import LOG_FORMATS
 
 # The agent's upload retries stop this share of the report grace after timeLimit: the rest is room
 # for the try still in flight and the final report, so a node still uploading reports (done or
@@ -51,6 +53,9 @@ class OperatorSettings:
     pod_ip: str = ""
     """The operator pod's address (downward API): the self-signed webhook certificate names it."""
     metrics_port: int = 8080
+    agent_metrics_ports: tuple[int, int] | None = None
+    """First and last port (both included) capture agents serve metrics on, one per live capture
+    (hostNetwork: the node's ports); None: agents serve none."""
     reconcile_interval_seconds: float = 1.0
     service_account: str = "kpcap-operator"
     """The operator's own ServiceAccount (operator namespace): its audience-bound tokens prove the
@@ -69,11 +74,27 @@ class OperatorSettings:
     """Serve the REST API on this port; None: no API."""
     api_host: str = ""
     """Address the REST API listens on; empty: every interface."""
+    api_tls_cert_file: str = ""
+    """The REST API's certificate chain (PEM); with api_tls_key_file, it serves HTTPS (reloaded when
+    the file changes, e.g. renewed by cert-manager)."""
+    api_tls_key_file: str = ""
+    api_tls_enabled: bool = True
+    """False: plain HTTP, only behind a TLS-terminating proxy (callers send bearer tokens)."""
+    readiness_port: int = 0
+    """Serve /readyz here (Kopf's health, the webhook's and the API's listeners); 0: none."""
+    log_format: str = "text"
+    """text or json (one object a line, with object references); the agents get the same."""
     log_level: str = "INFO"
     watch_namespaces: tuple[str, ...] = ()
     """Namespaces whose captures are served; empty: every namespace (cluster-wide)."""
-    peering: str = ""
-    """Kopf peering object's name (replicas elect one active operator); empty: standalone."""
+    leader_lease: str = ""
+    """The coordination.k8s.io Lease (operator namespace) replicas elect their leader on; empty: no
+    election, this process reconciles (a single replica)."""
+    pod_name: str = ""
+    """The operator pod's name (downward API): the first part of its leader-election identity."""
+    webhook_config_managed: bool = True
+    """Kopf creates and patches the ValidatingWebhookConfiguration "kpcap.io" (URL, caBundle); false:
+    the chart owns it, with the shared certificate's CA, and every replica serves that certificate."""
     liveness_endpoint: str = ""
     """Kopf's liveness endpoint URL (``http://0.0.0.0:8081/healthz``); empty: none."""
 
@@ -131,6 +152,7 @@ def _from_env(source: Mapping[str, str]) -> OperatorSettings:
         webhook_cert_dir=text(source, "KPCAP_WEBHOOK_CERT_DIR", default=""),
         pod_ip=text(source, "KPCAP_POD_IP", default=""),
         metrics_port=integer(source, "KPCAP_METRICS_PORT", default=8080, low=0, high=65535),
+        agent_metrics_ports=_port_range(source, "KPCAP_AGENT_METRICS_PORTS"),
         service_account=text(source, "KPCAP_SERVICE_ACCOUNT", default="kpcap-operator"),
         sampler_selector=text(
             source, "KPCAP_SAMPLER_SELECTOR", default="app.kubernetes.io/component=sampler"
@@ -145,13 +167,50 @@ def _from_env(source: Mapping[str, str]) -> OperatorSettings:
         if api_port is None
         else integer(source, "KPCAP_API_PORT", default=0, low=1, high=65535, what="the REST API's port"),
         api_host=text(source, "KPCAP_API_HOST", default=""),
+        **_api_tls(source, api_port=api_port),
+        readiness_port=integer(source, "KPCAP_READINESS_PORT", default=0, low=0, high=65535),
+        log_format=envconfig.choice(source, "KPCAP_LOG_FORMAT", default="text", allowed=LOG_FORMATS),
         log_level=_log_level(source),
         watch_namespaces=tuple(
             n.strip() for n in text(source, "KPCAP_WATCH_NAMESPACES", default="").split(",") if n.strip()
         ),
-        peering=text(source, "KPCAP_PEERING", default=""),
+        leader_lease=text(source, "KPCAP_LEADER_LEASE", default=""),
+        pod_name=text(source, "KPCAP_POD_NAME", default=""),
+        webhook_config_managed=envconfig.boolean(source, "KPCAP_WEBHOOK_CONFIG_MANAGED", default=True),
         liveness_endpoint=text(source, "KPCAP_LIVENESS_ENDPOINT", default=""),
     )
+
+
+def _api_tls(source: Mapping[str, str], *, api_port: str | None) -> dict[str, Any]:
+    enabled = envconfig.boolean(source, "KPCAP_API_TLS_ENABLED", default=True)
+    cert = envconfig.string(source, "KPCAP_API_TLS_CERT_FILE", default="")
+    key = envconfig.string(source, "KPCAP_API_TLS_KEY_FILE", default="")
+    if api_port is not None and enabled:
+        for name, value in (("KPCAP_API_TLS_CERT_FILE", cert), ("KPCAP_API_TLS_KEY_FILE", key)):
+            if not value:
+                raise envconfig.EnvError(
+                    name,
+                    "the REST API serves HTTPS (bearer tokens travel): set the certificate and key"
+                    " files, or KPCAP_API_TLS_ENABLED=false only behind a TLS-terminating proxy",
+                )
+    return {"api_tls_enabled": enabled, "api_tls_cert_file": cert, "api_tls_key_file": key}
+
+
+def _port_range(source: Mapping[str, str], name: str) -> tuple[int, int] | None:
+    """``FIRST-LAST`` (e.g. ``9460-9659``), both in 1..65535, FIRST <= LAST; unset or empty: None."""
+    given = envconfig.string(source, name, default="").strip()
+    if not given:
+        return None
+    first, _, last = given.partition("-")
+    try:
+        low, high = int(first), int(last)
+    except ValueError:
+        low = high = 0
+    if not 1 <= low <= high <= 65535:
+        raise envconfig.EnvError(
+            name, f"must be FIRST-LAST, ports in 1..65535 with FIRST <= LAST, got {given!r}"
+        )
+    return low, high
 
 
 def _log_level(source: Mapping[str, str]) -> str:

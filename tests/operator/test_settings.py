@@ -17,7 +17,8 @@ def test_defaults_with_only_the_required_variables() -> None:
     )
     assert settings.api_port is None  # no REST API unless asked for
     assert settings.watch_namespaces == ()  # cluster-wide
-    assert settings.peering == ""  # standalone
+    assert settings.leader_lease == ""  # a single replica: no election, it reconciles
+    assert settings.webhook_config_managed  # Kopf registers the webhook (no chart around it)
 
 
 def test_what_main_used_to_read_itself_is_in_the_settings() -> None:
@@ -28,8 +29,14 @@ def test_what_main_used_to_read_itself_is_in_the_settings() -> None:
             "KPCAP_POD_IP": "198.18.0.10",
             "KPCAP_API_PORT": "8000",
             "KPCAP_API_HOST": "0.0.0.0",  # noqa: S104 - a value read, not a socket bound
+            "KPCAP_API_TLS_CERT_FILE": "/etc/kpcap/api-tls/tls.crt",
+            "KPCAP_API_TLS_KEY_FILE": "/etc/kpcap/api-tls/tls.key",
+            "KPCAP_READINESS_PORT": "8082",
+            "KPCAP_LOG_FORMAT": "json",
             "KPCAP_WATCH_NAMESPACES": "team-a, team-b,",
-            "KPCAP_PEERING": "kpcap",
+            "KPCAP_LEADER_LEASE": "kpcap-operator-leader",
+            "KPCAP_POD_NAME": "kpcap-operator-7d9f-abcde",
+            "KPCAP_WEBHOOK_CONFIG_MANAGED": "false",
             "KPCAP_LIVENESS_ENDPOINT": "http://0.0.0.0:8081/healthz",
             "KPCAP_AGENT_CPU_REQUEST": "100m",
             "KPCAP_AGENT_MEMORY_REQUEST": "96Mi",
@@ -39,8 +46,11 @@ def test_what_main_used_to_read_itself_is_in_the_settings() -> None:
     assert settings.log_level == "DEBUG"
     assert settings.pod_ip == "198.18.0.10"
     assert (settings.api_port, settings.api_host) == (8000, "0.0.0.0")  # noqa: S104
+    assert (settings.api_tls_enabled, settings.api_tls_cert_file) == (True, "/etc/kpcap/api-tls/tls.crt")
+    assert (settings.readiness_port, settings.log_format) == (8082, "json")
     assert settings.watch_namespaces == ("team-a", "team-b")
-    assert settings.peering == "kpcap"
+    assert (settings.leader_lease, settings.pod_name) == ("kpcap-operator-leader", "kpcap-operator-7d9f-abcde")
+    assert settings.webhook_config_managed is False
     assert settings.liveness_endpoint == "http://0.0.0.0:8081/healthz"
     assert (settings.agent_cpu_request, settings.agent_memory_request, settings.agent_memory_limit) == (
         "100m",

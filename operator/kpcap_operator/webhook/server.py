@@ -1,5 +1,9 @@
 """The admission webhook's server: TLS from a mounted Secret, or a self-signed pair made at start-up.
 
+With several replicas the chart mounts one certificate into each and owns the webhook configuration
+(its CA in caBundle; KPCAP_WEBHOOK_CONFIG_MANAGED=false); a self-signed pair is for a single process
+whose configuration Kopf registers and patches.
+
 In a cluster the apiserver calls it through the webhook Service (``service`` client config, so no
 pod IP is baked into the ValidatingWebhookConfiguration); outside one (development, some tests) it is
 called by URL at ``settings.webhook_host``.
@@ -50,6 +54,12 @@ def webhook_server(settings: OperatorSettings, *, pod_ip: str = "") -> kopf.Webh
     cert_dir = Path(settings.webhook_cert_dir) if settings.webhook_cert_dir else None
     if cert_dir is not None and (cert_dir / "tls.crt").exists():
         certfile, keyfile = cert_dir / "tls.crt", cert_dir / "tls.key"
+    elif not settings.webhook_config_managed:
+        # The configuration's caBundle is the chart's: a pair of our own would be trusted by no one.
+        raise ValueError(
+            f"KPCAP_WEBHOOK_CERT_DIR: no tls.crt in {settings.webhook_cert_dir!r}; with"
+            " KPCAP_WEBHOOK_CONFIG_MANAGED=false every replica must serve the chart's certificate"
+        )
     else:
         names = ["localhost"]
         if settings.webhook_service:
