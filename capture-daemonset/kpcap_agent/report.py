@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -44,6 +46,17 @@ CREATE = "application/json"
 """The content type of the first report: a POST that creates the object."""
 
 log = logging.getLogger(__name__)
+
+# An apiserver restarting (an upgrade, a crash) refuses connections or answers 503 for seconds: calls
+# are retried meanwhile, so a node's reports outlive it. A write is retried only when the apiserver
+# certainly did not apply it (no connection, 429, 503): a conditional patch that landed but whose
+# answer was lost would fail its own test op when sent again, and the node would stop there.
+NOT_APPLIED_STATUS = frozenset({429, 503})
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_SECONDS = 60.0
+"""How long a call is retried (the operator's default report grace: later, the node is silent)."""
+RETRY_DELAYS = (0.5, 5.0)
+"""First and largest pause between tries (doubling)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,7 +258,18 @@ class CaptureApi:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
-        return request_json(self.api, method, path, body=body, content_type=content_type, query=query)
+        deadline = time.monotonic() + RETRY_SECONDS
+        delay = RETRY_DELAYS[0]
+        while True:
+            try:
+                return request_json(self.api, method, path, body=body, content_type=content_type, query=query)
+            except (ApiException, urllib3.exceptions.HTTPError) as err:
+                if not _retryable(err, read=method == "GET") or time.monotonic() + delay > deadline:
+                    raise
+                what = f"HTTP {err.status}" if isinstance(err, ApiException) else type(err).__name__
+                log.warning("%s %s: %s; retrying in %.1f s", method, path, what, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_DELAYS[1])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -255,6 +279,17 @@ class NodeWrite:
     report: NodeReport
     content_type: str
     body: Any
+
+
+def _retryable(err: ApiException | urllib3.exceptions.HTTPError, *, read: bool) -> bool:
+    """Whether a failed call may be sent again: a read after any passing failure, a write only when
+    it never reached the apiserver or was turned away unapplied."""
+    if isinstance(err, ApiException):
+        return err.status in (TRANSIENT_STATUS if read else NOT_APPLIED_STATUS)
+    if read:
+        return True
+    cause = err.reason if isinstance(err, urllib3.exceptions.MaxRetryError) else err
+    return isinstance(cause, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError)
 
 
 def _reason(err: ApiException) -> str:
