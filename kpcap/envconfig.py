@@ -15,8 +15,6 @@ from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Final, TypeVar
 
-from kubernetes.utils import parse_quantity as _kubernetes_quantity
-
 __all__ = [
     "EnvError",
     "boolean",
@@ -65,8 +63,12 @@ def parse_duration(text: str) -> float:
 def parse_quantity(text: str) -> int:
     """Bytes in ``text``: plain bytes or a Kubernetes quantity (``"128Mi"``, ``"1Gi"``, ``"500M"``),
     rounded up to a whole byte as Kubernetes does."""
+    # Here, not at the top: importing the Kubernetes client takes the agent 0.3-1 s before its
+    # capture socket can open, and the capture agent never parses a quantity.
+    from kubernetes.utils import parse_quantity as kubernetes_quantity
+
     try:
-        value = Decimal(_kubernetes_quantity(text.strip()))
+        value = Decimal(kubernetes_quantity(text.strip()))
     except (ValueError, TypeError, InvalidOperation):
         raise ValueError(
             f"not a byte quantity: {text!r} (use bytes or a quantity such as 128Mi, 1Gi or 500M)"

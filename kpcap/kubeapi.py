@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from kubernetes import client, config
+if TYPE_CHECKING:
+    from kubernetes import client
 
 GROUP: Final = "kpcap.io"
 VERSION: Final = "v1alpha1"
@@ -27,6 +28,9 @@ LABEL_CAPTURE_ID: Final = "kpcap.io/capture-id"
 
 def load_api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    # Imported here: the client takes 0.3-1 s to import, and the capture agent opens its socket first.
+    from kubernetes import client, config
+
     try:
         config.load_incluster_config()
     except config.ConfigException:

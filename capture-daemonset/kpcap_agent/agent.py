@@ -8,149 +8,32 @@ message saying so. A file that could not be uploaded is kept until the node has 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from kpcap import envconfig
 from kpcap.destinations import object_key
 from kpcap.filters import bpf_expression, compile_matcher
 from kpcap.kubeapi import parse_time
-from kpcap.model import TERMINAL, CaptureSpec, NodePhase, parse_spec
-from kpcap.pcap import DEFAULT_SNAPLEN, PcapWriter, iter_pcap_records
-from kpcap.storage import RetryPolicy, StorageError, open_store
-from kpcap_agent.afpacket import open_live_source
+from kpcap.model import TERMINAL, NodePhase
+from kpcap.pcap import PcapWriter, iter_pcap_records
+from kpcap.storage import StorageError, open_store
+from kpcap_agent.afpacket import LiveSource, open_live_source
+from kpcap_agent.agent_config import AgentConfig
 from kpcap_agent.capture import CaptureLimits, CaptureResult, run_capture
+from kpcap_agent.metrics import AgentMetrics, CaptureCounts, serve
 from kpcap_agent.report import CaptureApi, CaptureNotFoundError, NodeReport
 
 log = logging.getLogger(__name__)
 
-# Defaults; the operator scales both with the capture's node count (KPCAP_PROGRESS_INTERVAL_SECONDS,
-# KPCAP_STOP_POLL_SECONDS, from kpcap_operator.manifests) so the apiserver load stays flat.
-PROGRESS_INTERVAL = 2.0
-STOP_POLL_INTERVAL = 1.0
 # How long the end of a capture waits for an in-flight progress write or stop poll: the write is
 # safe to leave behind (it is conditional, see kpcap_agent.report), the wait only keeps order.
 JOIN_SECONDS = 30.0
 # A replaced pod's predecessor has its termination grace period (60 s) to upload and report.
 HANDOVER_SECONDS = 75.0
-
-
-class AgentConfigError(ValueError):
-    pass
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentConfig:
-    namespace: str
-    name: str
-    capture_id: str
-    node: str
-    work_dir: Path
-    spec: CaptureSpec
-    interfaces: tuple[str, ...] | None
-    upload_deadline_seconds: float | None = None
-    """Seconds after ``status.started + timeLimit`` by which upload retries stop (the operator
-    derives it from its report grace); None: the storage layer's own deadline."""
-    capture_uid: str | None = None
-    """The capture's metadata.uid (its report's owner); None: read from the capture."""
-    progress_interval: float = PROGRESS_INTERVAL
-    stop_poll_interval: float = STOP_POLL_INTERVAL
-
-    @property
-    def reports_uploading(self) -> bool:
-        """Whether the ``uploading`` step gets a report of its own.
-
-        Only where progress is reported at all (a progress report falls within the time limit): on a
-        capture of many nodes the operator spaces progress reports past any time limit, and each node
-        then writes just its first and its terminal report (2 writes, not 3, at 2,000 nodes).
-        """
-        return self.progress_interval <= self.spec.time_limit
-
-    @property
-    def pcap_path(self) -> Path:
-        return self.work_dir / f"pcap_{self.capture_id}" / f"{self.node}.pcap"
-
-    @staticmethod
-    def from_env(env: Mapping[str, str] | None = None) -> AgentConfig:
-        """The one place the capture agent reads its environment (the operator's DaemonSet sets it)."""
-        source = os.environ if env is None else env
-        missing = [
-            name
-            for name in (
-                "KPCAP_CAPTURE_NAMESPACE",
-                "KPCAP_CAPTURE_NAME",
-                "KPCAP_CAPTURE_ID",
-                "KPCAP_CAPTURE_SPEC",
-                "KPCAP_NODE_NAME",
-            )
-            if envconfig.optional(source, name) is None
-        ]
-        if missing:
-            raise AgentConfigError(
-                f"missing environment: {', '.join(missing)} (set by the operator's DaemonSet)"
-            )
-        # Re-validated here: the agent trusts nothing it did not check itself.
-        spec = parse_spec(json.loads(source["KPCAP_CAPTURE_SPEC"]), now=None)
-        if spec.destination is None:
-            raise AgentConfigError("KPCAP_CAPTURE_SPEC: a full capture needs destinationConf")
-        listed = envconfig.string(source, "KPCAP_INTERFACES", default="")
-        interfaces = tuple(i for i in listed.split(",") if i) or None
-        deadline = envconfig.optional(source, "KPCAP_UPLOAD_DEADLINE_SECONDS")
-        scaled = "set by the operator from the capture's node count"
-        return AgentConfig(
-            namespace=source["KPCAP_CAPTURE_NAMESPACE"],
-            name=source["KPCAP_CAPTURE_NAME"],
-            capture_id=source["KPCAP_CAPTURE_ID"],
-            node=source["KPCAP_NODE_NAME"],
-            work_dir=Path(envconfig.string(source, "KPCAP_WORK_DIR", default="/var/lib/kpcap")),
-            spec=spec,
-            interfaces=interfaces,
-            upload_deadline_seconds=None
-            if deadline is None
-            else envconfig.number(
-                source,
-                "KPCAP_UPLOAD_DEADLINE_SECONDS",
-                default=0.0,
-                low=1.0,
-                high=86400.0,
-                what="set by the operator from its report grace",
-            ),
-            capture_uid=envconfig.optional(source, "KPCAP_CAPTURE_UID"),
-            progress_interval=envconfig.number(
-                source,
-                "KPCAP_PROGRESS_INTERVAL_SECONDS",
-                default=PROGRESS_INTERVAL,
-                low=0.1,
-                high=3600.0,
-                what=scaled,
-            ),
-            stop_poll_interval=envconfig.number(
-                source,
-                "KPCAP_STOP_POLL_SECONDS",
-                default=STOP_POLL_INTERVAL,
-                low=0.1,
-                high=600.0,
-                what=scaled,
-            ),
-        )
-
-    def upload_retry(self, *, started: datetime | None, now: datetime) -> RetryPolicy | None:
-        """The retry policy of this node's upload: no try starts after the upload deadline, which is
-        measured from the capture's ``status.started`` as the operator's report grace is, so the
-        node reports before the operator could count it silent. None: no deadline was given."""
-        if self.upload_deadline_seconds is None:
-            return None
-        ends = (started or now) + timedelta(seconds=self.spec.time_limit + self.upload_deadline_seconds)
-        left = (ends - now).total_seconds()
-        # Past the deadline already (a restart resuming late): one try, no retries.
-        return RetryPolicy(deadline=left) if left > 0 else RetryPolicy(max_attempts=1)
 
 
 class Periodic:
@@ -181,14 +64,23 @@ class Periodic:
             )
 
 
-def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> CaptureResult:
-    """Capture into the pod's work directory, reporting progress; ends at a limit or on ``stop``."""
+def capture(
+    *,
+    cfg: AgentConfig,
+    api: CaptureApi,
+    stop: threading.Event,
+    metrics: AgentMetrics | None = None,
+    opened: LiveSource | None = None,
+) -> CaptureResult:
+    """Capture into the pod's work directory, reporting progress; ends at a limit or on ``stop``.
+
+    ``opened``: the live source, already open (``kpcap_agent.__main__`` opens it first); else here."""
     spec = cfg.spec
     cfg.pcap_path.parent.mkdir(parents=True, exist_ok=True)
     expression = bpf_expression(spec.filter)
     # The kernel filter's accepting return cuts each frame to the snap length, so the rest never
     # reaches the ring; the writer's snaplen covers what the VLAN tag put back adds.
-    snaplen = DEFAULT_SNAPLEN if spec.snap_length is None else spec.snap_length
+    snaplen = cfg.snaplen
     log.info(
         "capturing on %s: filter %r, snap length %d, limits packets=%d bytes=%s time=%ds -> %s",
         ",".join(cfg.interfaces) if cfg.interfaces else "all interfaces but lo",
@@ -199,20 +91,33 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
         spec.time_limit,
         cfg.pcap_path,
     )
-    with (
-        open_live_source(filter_expression=expression, interfaces=cfg.interfaces, snaplen=snaplen) as source,
-        PcapWriter(path=cfg.pcap_path, snaplen=snaplen) as writer,
-    ):
+    if opened is None:
+        opened = open_live_source(filter_expression=expression, interfaces=cfg.interfaces, snaplen=snaplen)
+        log.info("socket open")  # benchmarks/latency.py times the start-up by this line
+    with opened as source, PcapWriter(path=cfg.pcap_path, snaplen=snaplen) as writer:
+        # Only frames the kernel filter judged without their outer VLAN tag are checked again.
+        source.recheck_tagged_frames(compile_matcher(spec.filter))
         # Creates this node's report, before any progress report (those only replace a running one).
         api.report(NodeReport(phase=NodePhase.RUNNING))
 
+        # The kernel's drop count is read by the progress reporter only (each read resets the
+        # kernel's counter); metrics show the last one read.
+        drops_read = [0]
+        if metrics is not None:
+            metrics.follow(
+                lambda: CaptureCounts(
+                    packets=writer.packets, bytes=writer.packet_bytes, kernel_drops=drops_read[0]
+                )
+            )
+
         def progress() -> None:
+            drops_read[0] = source.kernel_drops()
             api.report(
                 NodeReport(
                     phase=NodePhase.RUNNING,
                     packets=writer.packets,
                     bytes=writer.packet_bytes,
-                    drops=source.kernel_drops(),
+                    drops=drops_read[0],
                 ),
                 moving_from=NodePhase.RUNNING,
             )
@@ -240,7 +145,7 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
                     time_limit=float(spec.time_limit),
                     byte_limit=spec.byte_limit,
                 ),
-                accept=compile_matcher(spec.filter),
+                accept=None,  # the kernel's filter, and the source's check of tagged frames
                 stop_event=stop,
             )
         finally:
@@ -248,6 +153,10 @@ def capture(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> Capt
             # of this process is in flight when they are sent.
             for reporter in reporters:
                 reporter.stop_and_join()
+    if metrics is not None:
+        metrics.settle(
+            CaptureCounts(packets=result.packets, bytes=result.bytes, kernel_drops=result.kernel_drops)
+        )
     log.info(
         "capture ended (%s): %d packets, %d bytes, %d kernel drops, %d refused by the userspace check",
         result.reason,
@@ -281,6 +190,7 @@ def upload(
     drops: int,
     started: datetime | None,
     moving_from: NodePhase,
+    metrics: AgentMetrics | None = None,
 ) -> NodeReport | None:
     """Upload the node's file; its final report, or None when the node's report had already left
     ``moving_from`` (someone else's report ended it: nothing left to do here)."""
@@ -290,6 +200,7 @@ def upload(
     uploading = NodeReport(phase=NodePhase.UPLOADING, packets=packets, bytes=size, drops=drops)
     if not begin_upload(cfg=cfg, api=api, uploading=uploading, moving_from=moving_from):
         return None
+    began = time.monotonic()
     try:
         store = open_store(destination, retry=cfg.upload_retry(started=started, now=datetime.now(UTC)))
         try:
@@ -297,8 +208,12 @@ def upload(
         finally:
             store.close()
     except StorageError as err:
+        if metrics is not None:
+            metrics.uploaded(seconds=time.monotonic() - began, size=None)
         log.error("upload failed, keeping %s: %s", cfg.pcap_path, err)  # noqa: TRY400 - the message is the point
         return NodeReport(phase=NodePhase.FAILED, packets=packets, bytes=size, drops=drops, error=str(err))
+    if metrics is not None:
+        metrics.uploaded(seconds=time.monotonic() - began, size=uploaded.size)
     log.info("uploaded %s (%d bytes)", uploaded.uri, uploaded.size)
     return NodeReport(phase=NodePhase.DONE, packets=packets, bytes=size, drops=drops, object_uri=uploaded.uri)
 
@@ -326,8 +241,15 @@ def _wait_for_handover(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Eve
     return False
 
 
-def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeReport | None:
-    """Do this node's work once; None when there was nothing (left) to do."""
+def run(
+    *, cfg: AgentConfig, api: CaptureApi, stop: threading.Event, opened: LiveSource | None = None
+) -> NodeReport | None:
+    """Do this node's work once; None when there was nothing (left) to do. ``opened``: see
+    ``capture`` (the caller closes it when this run does not capture)."""
+    metrics = None
+    if cfg.metrics_port is not None:
+        metrics = AgentMetrics()
+        serve(registry=metrics.registry, host="0.0.0.0", port=cfg.metrics_port)  # noqa: S104 - hostNetwork: the node's port
     try:
         body = api.read()
     except CaptureNotFoundError:
@@ -360,6 +282,8 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
         log.info("resuming after a restart: uploading the existing %s", cfg.pcap_path)
         packets, size = _count(cfg.pcap_path)
         drops = int(mine.get("drops") or 0)
+        if metrics is not None:
+            metrics.settle(CaptureCounts(packets=packets, bytes=size, kernel_drops=drops))
         report = upload(
             cfg=cfg,
             api=api,
@@ -368,9 +292,10 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
             drops=drops,
             started=started,
             moving_from=NodePhase(phase),
+            metrics=metrics,
         )
     else:
-        result = capture(cfg=cfg, api=api, stop=stop)
+        result = capture(cfg=cfg, api=api, stop=stop, metrics=metrics, opened=opened)
         report = upload(
             cfg=cfg,
             api=api,
@@ -379,6 +304,7 @@ def run(*, cfg: AgentConfig, api: CaptureApi, stop: threading.Event) -> NodeRepo
             drops=result.kernel_drops,
             started=started,
             moving_from=NodePhase.RUNNING,
+            metrics=metrics,
         )
     if report is None:
         return None

@@ -1,7 +1,7 @@
 """The classic BPF program the live source attaches: sampling check, interface check, compiled filter.
 
 The filter expression is built from validated typed values by ``kpcap.filters``, never user text,
-and compiled by libpcap (through scapy) for Ethernet, with no interface needed. In front of it go an
+and compiled by libpcap (through ctypes) for Ethernet, with no interface needed. In front of it go an
 interface check on the ``ifindex`` ancillary load and, for the sampler, a random 1-in-N sampling
 check; jumps in classic BPF are relative and forward, so a prefix needs no change to the program.
 
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from kpcap.pcap import LINKTYPE_ETHERNET
+from kpcap_agent.libpcap import compile_filter
 
 Instruction = tuple[int, int, int, int]  # struct sock_filter: code, jt, jf, k
 
@@ -40,29 +41,14 @@ _MAX_SELECTED_INTERFACES: Final = 200  # jump offsets in classic BPF are 8-bit
 
 
 def compile_bpf(*, expression: str, snaplen: int) -> list[Instruction]:
-    """Compile a filter expression for Ethernet with libpcap (through scapy); no interface needed.
+    """Compile a filter expression for Ethernet with libpcap (``kpcap_agent.libpcap``); no
+    interface needed.
 
     The accepting ``ret`` instructions are rewritten to return ``snaplen`` (libpcap's dead handle
-    returns scapy's MTU, 65535, which would truncate GRO super-packets).
+    returns 65535, which would truncate GRO super-packets).
     """
-    from scapy.arch.common import compile_filter
-
-    program = compile_filter(expression, linktype=LINKTYPE_ETHERNET)
-    instructions: list[Instruction] = []
-    for index in range(program.bf_len):
-        instruction = program.bf_insns[index]
-        code, jump_true, jump_false, constant = (
-            int(instruction.code),
-            int(instruction.jt),
-            int(instruction.jf),
-            # scapy declares k as a signed 32-bit field: an IPv4 address from 128.0.0.0 up reads
-            # negative; the kernel's sock_filter.k is unsigned.
-            int(instruction.k) & 0xFFFFFFFF,
-        )
-        if code == _BPF_RET_K and constant != 0:
-            constant = snaplen
-        instructions.append((code, jump_true, jump_false, constant))
-    return instructions
+    program = compile_filter(expression=expression, linktype=LINKTYPE_ETHERNET)
+    return [(code, jt, jf, snaplen if code == _BPF_RET_K and k != 0 else k) for code, jt, jf, k in program]
 
 
 def interface_check(*, only: Sequence[int] | None, excluded: Sequence[int]) -> list[Instruction]:
