@@ -1,14 +1,18 @@
 """Install kpcap on a local cluster the way a platform team would: ``helm template`` of the chart.
 
-The CRDs go in first (without their CEL rules: the local apiserver is 1.20), then the rendered chart,
-so the operator and the capture agents run as pods with exactly the chart's ServiceAccounts and
-RBAC. Used by the chart's end-to-end tests and by the demo (the README's main job).
+The CRDs go in first (crds/*.yaml without their CEL rules: the local apiserver is 1.20), then the
+rendered chart without its CRD templates and hook Jobs/Pods (`kubectl apply` would run a pre-delete
+hook at once; the hooks' RBAC is applied, so the chart RBAC test checks it), so the operator and the
+capture agents run as pods with exactly the chart's ServiceAccounts and RBAC. The real `helm
+install/upgrade/uninstall` is tested in tests/charts/test_helm_lifecycle.py. Used by the chart's
+end-to-end tests and by the demo (the README's main job).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -98,6 +102,25 @@ class Installation:
         service = f"{self.release}-webhook"
         return any((h.get("clientConfig", {}).get("service") or {}).get("name") == service for h in hooks)
 
+    def webhook_serving(self) -> bool:
+        """Every running operator replica accepts connections on its webhook port (the chart owns
+        the configuration, so its presence says nothing about the servers behind the Service)."""
+        pods = [p for p in self.operator_pods() if p["status"].get("phase") == "Running"]
+        for pod in pods:
+            ports = [
+                port["containerPort"]
+                for container in pod["spec"]["containers"]
+                for port in container.get("ports") or []
+                if port.get("name") == "webhook"
+            ]
+            address = pod["status"].get("podIP")
+            for port in ports:
+                try:
+                    socket.create_connection((address, port), timeout=1).close()
+                except OSError:
+                    return False
+        return bool(pods)
+
     def operator_logs(self) -> str:
         return "\n".join(
             self.cluster.pod_logs(namespace=self.namespace, pod=pod["metadata"]["name"])
@@ -120,6 +143,20 @@ class Installation:
         )
 
 
+def without_hook_workloads(manifests: str) -> str:
+    """``manifests`` without the Helm hooks' Jobs and Pods (helm runs them at their events; applied
+    by kubectl they would run at once), their ServiceAccounts and RBAC kept."""
+    docs = [
+        doc
+        for doc in yaml.safe_load_all(manifests)
+        if doc
+        and not (
+            doc["kind"] in {"Job", "Pod"} and "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+        )
+    ]
+    return yaml.safe_dump_all(docs)
+
+
 def delete_manifests(cluster: LocalCluster, manifests: str) -> None:
     """Delete what ``manifests`` created (absent objects are fine), waiting up to 60 s for each."""
     cluster.kubectl(
@@ -135,8 +172,8 @@ def delete_manifests(cluster: LocalCluster, manifests: str) -> None:
 
 
 def apply_crd(cluster: LocalCluster) -> None:
-    """The chart's CRDs (PacketCapture, PacketCaptureReport), established."""
-    crds = load_crds(CHART / "crds", strip_cel=True)
+    """kpcap's CRDs (PacketCapture, PacketCaptureReport: what the chart's templates render), established."""
+    crds = load_crds(strip_cel=True)
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}))
     for crd in crds:
         name = crd["metadata"]["name"]
@@ -173,13 +210,15 @@ def install(
         "operator": {"image": TEST_IMAGES["operator"]},
         "agent": {"image": TEST_IMAGES["agent"]},
         "storage": {"credentialsSecret": secret_name},
+        "crds": {"enabled": False},  # applied above, by kubectl, as the other suites do
     }
     for key, value in (values or {}).items():
         if isinstance(value, Mapping) and isinstance(chart_values.get(key), dict):
             chart_values[key] = {**chart_values[key], **value}
         else:
             chart_values[key] = value
-    manifests = render_chart(release=release, namespace=namespace, values=chart_values)
+    rendered = render_chart(release=release, namespace=namespace, values=chart_values)
+    manifests = without_hook_workloads(rendered)
     cluster.kubectl("apply", "-f", "-", stdin=manifests)
     installation = Installation(
         cluster=cluster,
@@ -191,7 +230,7 @@ def install(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         running = any(p["status"].get("phase") == "Running" for p in installation.operator_pods())
-        if running and installation.webhook_registered():
+        if running and installation.webhook_registered() and installation.webhook_serving():
             return installation
         time.sleep(0.5)
     pods = cluster.kubectl("get", "pods,deploy,rs", "-n", namespace, "-o", "wide", check=False).stdout

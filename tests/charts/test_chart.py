@@ -38,8 +38,11 @@ KUBE_VERSION = "1.20.2"  # the local apiserver's
 RELEASE = "kpcap-chart"  # distinct names from the other suites' hand-made kpcap-agent RBAC
 NAMESPACE = "kpcap-system"
 OPERATOR_SA = f"{RELEASE}-operator"
+LEADER_LEASE = f"{RELEASE}-operator-leader"
 AGENT_SA = f"{RELEASE}-agent"
 SAMPLER_SA = f"{RELEASE}-sampler"
+UNINSTALL_SA = f"{RELEASE}-uninstall"  # the pre-delete hook's (its RBAC is applied, its Job is not)
+SELFTEST_SA = f"{RELEASE}-test"  # helm test's
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the API listens on the pod's interfaces, for its Service
 
 
@@ -85,17 +88,6 @@ def test_helm_lint_passes_with_default_and_every_setting() -> None:
             assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("crd", ["packetcapture.yaml", "packetcapturereport.yaml"])
-def test_chart_crd_is_byte_identical_to_the_source_of_truth(crd: str) -> None:
-    assert (CHART / "crds" / crd).read_bytes() == (ROOT / "crds" / crd).read_bytes()
-
-
-def test_every_crd_of_the_repository_is_in_the_chart() -> None:
-    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(
-        p.name for p in (CHART / "crds").glob("*.yaml")
-    )
-
-
 def _leaves(values: Any, prefix: str = "") -> dict[str, Any]:
     """Paths to scalars, lists and empty maps (the settable things) of a values tree."""
     if isinstance(values, dict) and values:
@@ -126,7 +118,10 @@ def test_the_every_setting_values_file_changes_every_value() -> None:
     # Booleans that must stay true for the rest to render (a disabled sampler/webhook/metrics/PDB
     # would hide its settings); the disabled paths are rendered in test_switches_remove_their_objects.
     kept_true = {
-        "operator.peering.enabled",
+        "crds.enabled",  # off: no CRD to check (test_chart_crds.py renders it off)
+        "uninstall.enabled",  # off: no hook (test_chart_hooks.py renders it off)
+        "operator.leaderElection.enabled",
+        "api.tls.enabled",  # off: plain HTTP, nothing of api.tls to check (test_api_tls_chart.py)
         "operator.serviceAccount.create",
         "agent.serviceAccount.create",
         "webhook.enabled",
@@ -203,15 +198,72 @@ def test_any_image_repository_is_accepted(tmp_path: Path) -> None:
     assert "mirror.example/platform/capture:2" in rendered
 
 
-def test_more_replicas_need_peering(tmp_path: Path) -> None:
-    result = render(values=(values_file(tmp_path, {"operator": {"replicas": 2}}),), check=False)
+def test_more_replicas_need_leader_election(tmp_path: Path) -> None:
+    values = {"operator": {"replicas": 2, "leaderElection": {"enabled": False}}}
+    result = render(values=(values_file(tmp_path, values),), check=False)
     assert result.returncode != 0
-    assert "operator.replicas > 1 needs operator.peering.enabled" in result.stderr
+    assert "operator.replicas > 1 needs operator.leaderElection.enabled" in result.stderr
+
+
+def test_every_replica_serves_the_charts_one_webhook_certificate() -> None:
+    docs = documents(render().stdout)
+    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+    ca, serving = secrets["kpcap-ca"]["data"], secrets["kpcap-webhook-tls"]["data"]
+    assert serving["ca.crt"] == ca["ca.crt"]
+    (config,) = by_kind(docs, "ValidatingWebhookConfiguration")
+    (hook,) = config["webhooks"]
+    assert hook["clientConfig"] == {
+        "service": {"name": "kpcap-webhook", "namespace": "kpcap-system", "port": 443, "path": "/validate"},
+        "caBundle": ca["ca.crt"],
+    }
+    assert hook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KPCAP_WEBHOOK_CERT_DIR"] == "/etc/kpcap/webhook-tls"
+    assert env["KPCAP_WEBHOOK_CONFIG_MANAGED"] == "false"  # no replica patches the caBundle
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-tls"]
+    assert volume["secret"]["secretName"] == "kpcap-webhook-tls"
+
+
+@pytest.mark.parametrize(
+    ("webhook", "message"),
+    [
+        ({"tlsSecret": "mine"}, 'webhook.tlsSecret "mine": the apiserver needs the CA that signed it'),
+        ({"certManager": {"enabled": True}}, "webhook.certManager.enabled needs webhook.certManager.issuerRef.name"),
+    ],
+)
+def test_a_webhook_certificate_without_its_ca_is_refused(
+    tmp_path: Path, webhook: dict[str, Any], message: str
+) -> None:
+    result = render(values=(values_file(tmp_path, {"webhook": webhook}),), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_cert_manager_issues_the_webhook_certificate_and_injects_its_ca(tmp_path: Path) -> None:
+    issuer = {"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    values = {"webhook": {"certManager": {"enabled": True, "issuerRef": issuer}}}
+    docs = documents(render(values=(values_file(tmp_path, values),)).stdout)
+    (certificate,) = by_kind(docs, "Certificate")
+    assert certificate["spec"]["secretName"] == "kpcap-webhook-tls"
+    assert certificate["spec"]["issuerRef"] == issuer
+    (config,) = by_kind(docs, "ValidatingWebhookConfiguration")
+    assert config["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "kpcap-system/kpcap-webhook"}
+    assert "caBundle" not in config["webhooks"][0]["clientConfig"]
+    assert "kpcap-webhook-tls" not in {d["metadata"]["name"] for d in by_kind(docs, "Secret")}
+
+
+def _crd_or_hook(doc: dict[str, Any]) -> bool:
+    return doc["kind"] == "CustomResourceDefinition" or "helm.sh/hook" in (
+        doc["metadata"].get("annotations") or {}
+    )
 
 
 def test_default_render_is_locked_down() -> None:
     docs = documents(render().stdout)
-    kinds = sorted(doc["kind"] for doc in docs)
+    # The CRDs, hooks and helm test: tests/charts/test_chart_crds.py and test_chart_hooks.py.
+    kinds = sorted(doc["kind"] for doc in docs if not _crd_or_hook(doc))
     assert kinds == sorted(
         [
             "ClusterRole",
@@ -226,16 +278,20 @@ def test_default_render_is_locked_down() -> None:
             "Role",
             "RoleBinding",
             "Secret",
+            "Secret",  # the chart's CA
+            "Secret",  # the webhook's serving certificate, shared by every replica
             "Service",
             "Service",
             "ServiceAccount",
             "ServiceAccount",
             "ServiceAccount",
+            "ValidatingWebhookConfiguration",
         ]
     )
     (deployment,) = by_kind(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "standalone: never two operators at once"
+    # Leader election: a new replica stands by until the old one hands the Lease over.
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 65532
@@ -251,7 +307,7 @@ def test_default_render_is_locked_down() -> None:
     assert env["KPCAP_AGENT_IMAGE"] == "ghcr.io/kpcap/kpcap-agent:0.1.0"
     assert env["KPCAP_AGENT_SERVICE_ACCOUNT"] == "kpcap-agent"
     assert env["KPCAP_WEBHOOK_SERVICE"] == "kpcap-webhook"
-    assert env["KPCAP_PEERING"] == ""
+    assert env["KPCAP_LEADER_LEASE"] == "kpcap-operator-leader"
     assert "KPCAP_AGENT_CREDENTIALS_SECRET" not in env
     (agent_role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kpcap-agent"]
     assert agent_role["rules"] == [
@@ -364,7 +420,7 @@ def test_api_enabled_adds_its_service_env_port_and_rbac(tmp_path: Path) -> None:
     (service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "kpcap-api"]
     assert service["metadata"]["namespace"] == NAMESPACE
     assert service["spec"]["type"] == "ClusterIP"
-    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "api", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "api", "protocol": "TCP"}]
     assert service["spec"]["selector"] == {
         "app.kubernetes.io/name": "kpcap",
         "app.kubernetes.io/instance": "kpcap",
@@ -431,7 +487,7 @@ def test_switches_remove_their_objects(tmp_path: Path) -> None:
     )
     assert not by_kind(docs, "Service")
     assert not by_kind(docs, "PodDisruptionBudget")
-    assert not by_kind(docs, "ServiceAccount")
+    assert not [d for d in by_kind(docs, "ServiceAccount") if not _crd_or_hook(d)], "hooks have their own"
     operator_role = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kpcap-operator")
     assert all("admissionregistration.k8s.io" not in r["apiGroups"] for r in operator_role["rules"])
     env = {
@@ -457,7 +513,7 @@ def test_every_setting_reaches_the_manifests() -> None:
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KPCAP_AGENT_IMAGE"] == ("registry.example/kpcap/kpcap-agent@sha256:" + "1" * 64)
-    assert env["KPCAP_PEERING"] == "kpcap-peers"
+    assert env["KPCAP_LEADER_LEASE"] == "kpcap-every-operator-leader"
     assert env["KPCAP_WATCH_NAMESPACES"] == "team-a,team-b"
     assert env["KPCAP_AGENT_CREDENTIALS_SECRET"] == "kpcap-storage"
     assert env["KPCAP_WEBHOOK_CERT_DIR"] == "/etc/kpcap/webhook-tls"
@@ -465,11 +521,6 @@ def test_every_setting_reaches_the_manifests() -> None:
     rules = next(d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kpcap-every-operator")[
         "rules"
     ]
-    assert {
-        "apiGroups": ["kopf.dev"],
-        "resources": ["kopfpeerings"],
-        "verbs": ["get", "list", "watch", "patch"],
-    } in rules
     assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in rules
     assert env["KPCAP_API_PORT"] == "18000"
     assert env["KPCAP_API_HOST"] == ALL_INTERFACES
@@ -492,7 +543,7 @@ def test_every_setting_reaches_the_manifests() -> None:
     (api_service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "kpcap-every-api"]
     assert api_service["spec"]["type"] == "NodePort"
     assert api_service["spec"]["ports"] == [
-        {"name": "http", "port": 8088, "targetPort": "api", "protocol": "TCP"}
+        {"name": "https", "port": 8088, "targetPort": "api", "protocol": "TCP"}
     ]
     assert _api_rules(docs, "kpcap-every") == (API_CLUSTER_RULES, API_NAMESPACE_RULES)
 
@@ -799,42 +850,14 @@ OPERATOR_CALLS: list[Call] = [
     ("list", "", "nodes", "", "", "target nodes resolved from colo/nodeSelector"),
     ("list", "apiextensions.k8s.io", "customresourcedefinitions", "", "", "Kopf notices a (re)created CRD"),
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", "", "Kopf notices a (re)created CRD"),
-    (
-        "create",
-        "admissionregistration.k8s.io",
-        "validatingwebhookconfigurations",
-        "",
-        "",
-        "Kopf creates the webhook configuration kpcap.io",
-    ),
-    (
-        "patch",
-        "admissionregistration.k8s.io",
-        "validatingwebhookconfigurations",
-        "",
-        "kpcap.io",
-        "Kopf points kpcap.io at the webhook Service with its CA",
-    ),
-    (
-        "create",
-        "admissionregistration.k8s.io",
-        "mutatingwebhookconfigurations",
-        "",
-        "",
-        "Kopf creates the (empty) mutating configuration kpcap.io, else the operator stops",
-    ),
-    (
-        "patch",
-        "admissionregistration.k8s.io",
-        "mutatingwebhookconfigurations",
-        "",
-        "kpcap.io",
-        "Kopf keeps the mutating kpcap.io in step, else the operator stops",
-    ),
+    ("create", "coordination.k8s.io", "leases", NAMESPACE, "", "the first replica creates the leader Lease"),
+    ("get", "coordination.k8s.io", "leases", NAMESPACE, LEADER_LEASE, "replicas read the leader Lease"),
+    ("patch", "coordination.k8s.io", "leases", NAMESPACE, LEADER_LEASE, "the leader renews, a standby takes over"),
     ("create", "apps", "daemonsets", NAMESPACE, "", "a full capture's DaemonSet is created"),
     ("list", "apps", "daemonsets", NAMESPACE, "", "a capture's DaemonSets are found by label"),
     ("watch", "apps", "daemonsets", NAMESPACE, "", "a running capture's DaemonSet is seen, not re-created"),
     ("delete", "apps", "daemonsets", NAMESPACE, "x", "the DaemonSet is deleted when the capture ends"),
+    ("list", "", "events", NAMESPACE, "", "pods refused for a capture's DaemonSet are found (FailedCreate)"),
     ("list", "", "pods", NAMESPACE, "", "simple captures find the sampler pods (their nodes' addresses)"),
     (
         "create",
@@ -854,7 +877,44 @@ AGENT_CALLS: list[Call] = [
 SAMPLER_CALLS: list[Call] = [
     ("create", "authentication.k8s.io", "tokenreviews", "", "", "the sampler checks its callers' tokens"),
 ]
+# operator/kpcap_operator/uninstall.py (defaults: deleteCaptures and the webhook on).
+UNINSTALL_CALLS: list[Call] = [
+    ("list", "kpcap.io", "packetcaptures", "", "", "the hook lists captures in every namespace"),
+    ("patch", "kpcap.io", "packetcaptures", "users-ns", "c", "the hook stops captures, removes the finalizer"),
+    ("delete", "kpcap.io", "packetcaptures", "users-ns", "c", "the hook deletes the stopped captures"),
+    (
+        "delete",
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "",
+        "kpcap.io",
+        "the hook deletes the webhook configuration an operator created",
+    ),
+    (
+        "delete",
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "",
+        "kpcap.io",
+        "the hook deletes the mutating configuration Kopf created",
+    ),
+    ("list", "apps", "daemonsets", NAMESPACE, "", "the hook finds capture DaemonSets left behind"),
+    ("delete", "apps", "daemonsets", NAMESPACE, "x", "the hook deletes them"),
+]
+# operator/kpcap_operator/selftest.py (api.enabled off here: no services/proxy).
+SELFTEST_CALLS: list[Call] = [
+    ("create", "kpcap.io", "packetcaptures", NAMESPACE, "", "helm test's webhook probe (a dry run)"),
+    ("get", "apps", "daemonsets", NAMESPACE, SAMPLER_SA, "helm test reads the samplers' wanted count"),
+    ("list", "", "pods", NAMESPACE, "", "helm test finds the sampler pods' addresses"),
+]
 NOT_GRANTED: list[tuple[str, Call]] = [
+    (UNINSTALL_SA, ("delete", "apps", "daemonsets", "default", "x", "")),
+    (UNINSTALL_SA, ("get", "", "secrets", NAMESPACE, "", "")),
+    (UNINSTALL_SA, ("delete", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "other", "")),
+    (UNINSTALL_SA, ("patch", "kpcap.io", "packetcaptures/status", "users-ns", "c", "")),
+    (SELFTEST_SA, ("create", "kpcap.io", "packetcaptures", "users-ns", "", "")),
+    (SELFTEST_SA, ("get", "apps", "daemonsets", NAMESPACE, "other", "")),
+    (SELFTEST_SA, ("get", "", "secrets", NAMESPACE, "", "")),
     (OPERATOR_SA, ("create", "", "serviceaccounts/token", NAMESPACE, AGENT_SA, "")),
     (OPERATOR_SA, ("get", "", "pods", NAMESPACE, "x", "")),
     (OPERATOR_SA, ("list", "", "pods", "users-ns", "", "")),
@@ -868,8 +928,9 @@ NOT_GRANTED: list[tuple[str, Call]] = [
     (OPERATOR_SA, ("delete", "kpcap.io", "packetcaptures", "users-ns", "c", "")),
     (
         OPERATOR_SA,
-        ("patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "other", ""),
+        ("patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "kpcap.io", ""),
     ),
+    (OPERATOR_SA, ("patch", "coordination.k8s.io", "leases", NAMESPACE, "other", "")),
     # The REST API's grants, absent while api.enabled is false (the default the installation uses).
     (OPERATOR_SA, ("create", "authentication.k8s.io", "tokenreviews", "", "", "")),
     (OPERATOR_SA, ("create", "authorization.k8s.io", "subjectaccessreviews", "", "", "")),
@@ -932,7 +993,18 @@ def _roles(cluster: LocalCluster) -> list[tuple[str, str, list[Call]]]:
         (f"role/{RELEASE}-operator", NAMESPACE, OPERATOR_CALLS),
         (f"clusterrole/{RELEASE}-agent", "", AGENT_CALLS),
         (f"clusterrole/{RELEASE}-sampler", "", SAMPLER_CALLS),
+        (f"clusterrole/{UNINSTALL_SA}", "", UNINSTALL_CALLS),
+        (f"role/{UNINSTALL_SA}", NAMESPACE, UNINSTALL_CALLS),
+        (f"role/{SELFTEST_SA}", NAMESPACE, SELFTEST_CALLS),
     ]
+
+
+def _subject(ref: str) -> str:
+    """The ServiceAccount bound to a role of ``_roles``."""
+    name = ref.split("/", 1)[1]
+    if name in {UNINSTALL_SA, SELFTEST_SA}:
+        return name
+    return AGENT_SA if "agent" in ref else SAMPLER_SA if "sampler" in ref else OPERATOR_SA
 
 
 @pytest.mark.e2e
@@ -945,12 +1017,15 @@ def test_rbac_each_verb_of_each_rule_is_needed(installation: Installation) -> No
         assert _allowed(authz, AGENT_SA, call), f"agent cannot {call}"
     for call in SAMPLER_CALLS:
         assert _allowed(authz, SAMPLER_SA, call), f"sampler cannot {call}"
+    for sa, calls in ((UNINSTALL_SA, UNINSTALL_CALLS), (SELFTEST_SA, SELFTEST_CALLS)):
+        for call in calls:
+            assert _allowed(authz, sa, call), f"{sa} cannot {call}"
     for sa, call in NOT_GRANTED:
         assert not _allowed(authz, sa, call), f"{sa} may {call} but should not"
 
     table: list[str] = []
     for ref, namespace, calls in _roles(cluster):
-        sa = AGENT_SA if "agent" in ref else SAMPLER_SA if "sampler" in ref else OPERATOR_SA
+        sa = _subject(ref)
         ns_args = ["-n", namespace] if namespace else []
         original = json.loads(cluster.kubectl("get", ref, *ns_args, "-o", "json").stdout)
         for index, rule in enumerate(original["rules"]):
