@@ -103,6 +103,7 @@ def configure_logging(*, level: str | int, log_format: str, context: Mapping[str
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings as log lines too, not bare stderr text between them
 
 
 def configure_from_env(env: Mapping[str, str], *, level: str | int) -> None:

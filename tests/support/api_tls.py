@@ -9,7 +9,8 @@ CA for the address they listen on (``api_tls``); their clients verify with the c
 from __future__ import annotations
 
 import base64
-import ssl
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,6 @@ class ApiTls:
     cert_file: Path
     key_file: Path
 
-    def env(self) -> dict[str, str]:
-        """The operator's variables serving the API with this pair."""
-        return {"KPCAP_API_TLS_CERT_FILE": str(self.cert_file), "KPCAP_API_TLS_KEY_FILE": str(self.key_file)}
-
-    def client_context(self) -> ssl.SSLContext:
-        """Verifies the API against the chart's CA (and the host name)."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
 
 def api_tls(directory: Path, *, address: str = "127.0.0.1") -> ApiTls:
     """A serving pair for ``address`` signed by the chart's CA, and that CA, written into ``directory``."""
@@ -73,3 +66,17 @@ def api_tls(directory: Path, *, address: str = "127.0.0.1") -> ApiTls:
     tls.key_file.write_bytes(key)
     tls.key_file.chmod(0o600)
     return tls
+
+
+def tls_dir(port: int) -> Path:
+    """Where a test module's operator (API on ``port``) keeps its pair: known at import time, so the
+    operator's environment can name the files before a fixture writes them with ``api_tls``."""
+    return Path(tempfile.gettempdir()) / f"kpcap-api-tls-{os.getpid()}-{port}"
+
+
+def tls_env(directory: Path) -> dict[str, str]:
+    """The operator's variables for the pair ``api_tls(directory)`` writes."""
+    return {
+        "KPCAP_API_TLS_CERT_FILE": str(directory / "tls.crt"),
+        "KPCAP_API_TLS_KEY_FILE": str(directory / "tls.key"),
+    }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,7 @@ def _current_challenge() -> str | None:
         f"{_env('BASE_URL')}/accounts/{_env('ACCOUNT')}/pcaps/ownership",
         headers={"Authorization": f"Bearer {_env('TOKEN')}"},
         timeout=10,
+        verify=ssl.create_default_context(cafile=_env("CA_FILE")),  # the chart's CA
     )
     for record in listed.json().get("result") or []:
         if parse_destination(record["destination_conf"]) == wanted:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from kpcap.pcap import PcapRecords
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.install import Samplers
 from kpcap_localcluster.ports import free_port
+from tests.support.api_tls import api_tls, tls_dir, tls_env
 from tests.support.captures import Captures
 from tests.support.kpcap_install import CREDENTIALS_SECRET, OPERATOR_NAMESPACE
 from tests.support.operator import RunningOperator, operator_fixture
@@ -45,7 +48,10 @@ READER_VERBS = ["get", "list", "watch"]
 
 
 API_PORT = free_port()
-BASE_URL = f"http://127.0.0.1:{API_PORT}/client/v4"
+BASE_URL = f"https://127.0.0.1:{API_PORT}/client/v4"
+TLS_DIR = tls_dir(API_PORT)
+"""The API's pair (signed by the chart's CA) and that CA: written by the operator fixture."""
+CA_FILE = TLS_DIR / "ca.crt"
 
 
 _api_operator = operator_fixture(
@@ -55,6 +61,8 @@ _api_operator = operator_fixture(
         "KPCAP_AGENT_CREDENTIALS_SECRET": CREDENTIALS_SECRET,
         "KPCAP_API_PORT": str(API_PORT),
         "KPCAP_API_HOST": "127.0.0.1",
+        **tls_env(TLS_DIR),
+        "KPCAP_LOG_FORMAT": "json",
         # The operator's own storage credentials (challenge files, downloads): the standard chain.
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
@@ -68,14 +76,23 @@ def operator(
     storage_credentials: LocalCluster, samplers: Samplers, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningOperator]:
     del samplers  # running on every node: simple captures answer from past traffic
-    for running in _api_operator(storage_credentials, tmp_path_factory):
-        wait_for(lambda: _answers(f"{BASE_URL}/openapi.json"), timeout=30, what="the API to listen")
-        yield running
+    api_tls(TLS_DIR)
+    try:
+        for running in _api_operator(storage_credentials, tmp_path_factory):
+            wait_for(lambda: _answers(f"{BASE_URL}/openapi.json"), timeout=30, what="the API to listen")
+            yield running
+    finally:
+        shutil.rmtree(TLS_DIR, ignore_errors=True)
+
+
+def verify() -> ssl.SSLContext:
+    """Clients verify the API with the chart's CA."""
+    return ssl.create_default_context(cafile=str(CA_FILE))
 
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, timeout=2, verify=verify()).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -125,7 +142,9 @@ def account(operator: RunningOperator, namespace: str, core: client.CoreV1Api) -
 
 
 def sdk(token: str) -> cloudflare.Cloudflare:
-    return cloudflare.Cloudflare(api_token=token, base_url=BASE_URL, max_retries=2)
+    # The SDK's own httpx client, told the chart's CA (its only TLS setting).
+    http_client = cloudflare.DefaultHttpxClient(verify=verify())
+    return cloudflare.Cloudflare(api_token=token, base_url=BASE_URL, max_retries=2, http_client=http_client)
 
 
 def call(method: str, path: str, token: str | None, body: Any = None, **kwargs: Any) -> httpx.Response:
@@ -135,7 +154,7 @@ def call(method: str, path: str, token: str | None, body: Any = None, **kwargs: 
         kwargs["json"] = body
     elif body is not None:
         kwargs["content"] = body
-    return httpx.request(method, f"{BASE_URL}{path}", headers=headers, timeout=30, **kwargs)
+    return httpx.request(method, f"{BASE_URL}{path}", headers=headers, timeout=30, verify=verify(), **kwargs)
 
 
 def assert_failure(response: httpx.Response, status: int, text: str) -> dict[str, Any]:
@@ -387,9 +406,9 @@ def test_sdk_ownership_full_capture_and_merged_download(
 # --- curl, as in the upstream docs ------------------------------------------------------------
 
 
-def curl(*argv: str) -> tuple[int, str]:
+def curl(*argv: str | Path) -> tuple[int, str]:
     done = subprocess.run(
-        ["curl", "--silent", "--show-error", "--write-out", "\n%{http_code}", *argv],
+        ["curl", "--silent", "--show-error", "--cacert", CA_FILE, "--write-out", "\n%{http_code}", *argv],
         check=True,
         capture_output=True,
         text=True,
@@ -556,7 +575,7 @@ _paths = st.sampled_from(
 
 
 def test_openapi_document_lists_every_operation(operator: RunningOperator) -> None:
-    document = httpx.get(f"{BASE_URL}/openapi.json").json()
+    document = httpx.get(f"{BASE_URL}/openapi.json", verify=verify()).json()
     operations = {
         op["operationId"]
         for path in document["paths"].values()
@@ -579,7 +598,7 @@ def test_openapi_document_lists_every_operation(operator: RunningOperator) -> No
 def test_random_requests_never_get_a_5xx(account: Account, operator: RunningOperator) -> None:
     assert operator.cluster.s3 is not None
     endpoint = operator.cluster.s3.endpoint
-    with httpx.Client(base_url=BASE_URL, timeout=30) as http:
+    with httpx.Client(base_url=BASE_URL, timeout=30, verify=verify()) as http:
 
         @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
         @given(
@@ -611,3 +630,37 @@ def test_random_requests_never_get_a_5xx(account: Account, operator: RunningOper
                 assert all(e["code"] >= 1000 for e in envelope["errors"])
 
         check()
+
+
+# --- TLS and the operator's log lines ------------------------------------------------------------
+
+
+def test_plain_http_is_refused_and_https_needs_the_charts_ca(operator: RunningOperator) -> None:
+    plain = BASE_URL.replace("https://", "http://", 1)
+    with pytest.raises(httpx.HTTPError):  # no HTTP answer: the handshake fails, the connection closes
+        httpx.get(f"{plain}/openapi.json", timeout=5)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{BASE_URL}/openapi.json", timeout=5)  # the system's CAs do not know the chart's
+    assert httpx.get(f"{BASE_URL}/openapi.json", timeout=5, verify=verify()).status_code == 200
+
+
+def test_operator_logs_are_json_lines_naming_the_capture(account: Account, operator: RunningOperator) -> None:
+    body = {
+        "filter_v1": {"protocol": 17},
+        "time_limit": 300,
+        "packet_limit": 10,
+        "type": "simple",
+        "system": "magic-transit",
+    }
+    created = call("POST", f"/accounts/{account.name}/pcaps", account.writer, body).json()["result"]
+
+    def about_it() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in operator.logs().splitlines() if line.strip()]
+        return [line for line in lines if line.get("captureId") == created["id"]]
+
+    wait_for(lambda: bool(about_it()), timeout=30, what="an operator log line naming the capture")
+    every = [json.loads(line) for line in operator.logs().splitlines() if line.strip()]  # each line is JSON
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in every)
+    line = about_it()[0]
+    assert (line["namespace"], line["captureId"]) == (account.name, created["id"])
+    print(f"{len(every)} JSON lines, {len(about_it())} naming the capture, e.g. {line}")

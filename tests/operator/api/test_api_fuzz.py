@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,20 +24,23 @@ from kubernetes import client
 
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.ports import free_port
+from tests.support.api_tls import api_tls, tls_dir, tls_env
 from tests.support.operator import RunningOperator, operator_fixture
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 API_PORT = free_port()
-BASE_URL = f"http://127.0.0.1:{API_PORT}/client/v4"
+BASE_URL = f"https://127.0.0.1:{API_PORT}/client/v4"
+TLS_DIR = tls_dir(API_PORT)
+CA_FILE = TLS_DIR / "ca.crt"
 HERE = Path(__file__).parent
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
 _fuzz_operator = operator_fixture(
     webhook=False,
     # The operator's own storage credentials (challenge files): the standard chain.
-    extra_env={"KPCAP_API_PORT": str(API_PORT), "KPCAP_API_HOST": "127.0.0.1", **S3_ENV},
+    extra_env={"KPCAP_API_PORT": str(API_PORT), "KPCAP_API_HOST": "127.0.0.1", **tls_env(TLS_DIR), **S3_ENV},
 )
 
 
@@ -43,14 +48,22 @@ _fuzz_operator = operator_fixture(
 def operator(
     kpcap_installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningOperator]:
-    for running in _fuzz_operator(kpcap_installed, tmp_path_factory):
-        wait_for(lambda: _answers(f"{BASE_URL}/openapi.json"), timeout=30, what="the API to listen")
-        yield running
+    api_tls(TLS_DIR)  # signed by the chart's CA; clients verify with it
+    try:
+        for running in _fuzz_operator(kpcap_installed, tmp_path_factory):
+            wait_for(lambda: _answers(f"{BASE_URL}/openapi.json"), timeout=30, what="the API to listen")
+            yield running
+    finally:
+        shutil.rmtree(TLS_DIR, ignore_errors=True)
+
+
+def _verify() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=CA_FILE)  # the chart's CA
 
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, timeout=2, verify=_verify()).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -80,12 +93,14 @@ def _own(destination: str, *, bucket: str, prefix: str, account: str, token: str
     """Prove the bucket is the account's, as a user does: challenge, read it back, validate."""
     headers = {"Authorization": f"Bearer {token}"}
     url = f"{BASE_URL}/accounts/{account}/pcaps/ownership"
-    created = httpx.post(url, json={"destination_conf": destination}, headers=headers, timeout=30)
+    created = httpx.post(
+        url, json={"destination_conf": destination}, headers=headers, timeout=30, verify=_verify()
+    )
     assert created.status_code == 200, created.text
     key = f"{prefix}/{created.json()['result']['filename']}"
     challenge = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()  # type: ignore[attr-defined]
     body = {"destination_conf": destination, "ownership_challenge": challenge}
-    validated = httpx.post(f"{url}/validate", json=body, headers=headers, timeout=30)
+    validated = httpx.post(f"{url}/validate", json=body, headers=headers, timeout=30, verify=_verify())
     assert validated.json()["result"]["status"] == "success", validated.text
 
 
@@ -110,6 +125,7 @@ def test_schemathesis_finds_no_failure(
         **S3_ENV,
         "KPCAP_FUZZ_HOOKS": str(HERE / "schemathesis_hooks.py"),
         "KPCAP_FUZZ_BASE_URL": BASE_URL,
+        "KPCAP_FUZZ_CA_FILE": str(CA_FILE),
         "KPCAP_FUZZ_ACCOUNT": namespace,
         "KPCAP_FUZZ_TOKEN": token,
         "KPCAP_FUZZ_CAPTURE_DESTINATION": capture_destination,
@@ -126,6 +142,7 @@ def test_schemathesis_finds_no_failure(
     # or the API changed, not at random); KPCAP_FUZZ_SEED explores other inputs by hand.
     seed = os.environ.get("KPCAP_FUZZ_SEED", "20261202")
     argv += ["run", f"{BASE_URL}/openapi.json", "--no-color", "--seed", seed, "--report-dir", str(tmp_path)]
+    argv += ["--tls-verify", str(CA_FILE)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
     print(done.stdout[-6000:], done.stderr[-2000:])
     assert done.returncode == 0, done.stdout[-20000:] + done.stderr[-4000:]
