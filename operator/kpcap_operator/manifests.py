@@ -132,6 +132,7 @@ def capture_daemonset(
                     {"name": "KPCAP_CAPTURE_ID", "value": capture_id},
                     {"name": "KPCAP_CAPTURE_SPEC", "value": json.dumps(spec_to_dict(spec), sort_keys=True)},
                     {"name": "KPCAP_WORK_DIR", "value": AGENT_WORK_DIR},
+                    {"name": "KPCAP_LOG_FORMAT", "value": settings.log_format},  # the operator's
                     # Derived from the report grace: the agent's upload retries end before it runs out.
                     {"name": "KPCAP_UPLOAD_DEADLINE_SECONDS", "value": str(settings.upload_deadline_seconds)},
                     # Scaled with the node count: the capture's reports and polls stay a flat load.
