@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Sequence
 
 from kubernetes import client
 
@@ -32,13 +33,18 @@ def stop_s3(cluster: LocalCluster) -> None:
     cluster.s3.stop()
 
 
-def restart_s3(cluster: LocalCluster) -> StorageServer:
-    """The S3 server again on the same endpoint. moto keeps buckets in memory: it starts empty."""
+def restart_s3(cluster: LocalCluster, *, buckets: Sequence[str] = ()) -> StorageServer:
+    """The S3 server again on the same endpoint. moto keeps buckets in memory: it starts with
+    ``buckets`` only, made before it accepts a connection."""
     assert cluster.s3 is not None  # noqa: S101
     old = cluster.s3
     old.stop()
     cluster.s3 = start_s3(
-        host=old.host, log_dir=cluster.state_dir / "logs", run_id=cluster.run_id, port=old.port
+        host=old.host,
+        log_dir=cluster.state_dir / "logs",
+        run_id=cluster.run_id,
+        port=old.port,
+        buckets=buckets,
     )
     return cluster.s3
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,19 @@ def _wait_listening(host: str, port: int, proc: ManagedProcess, *, timeout: floa
     raise TimeoutError(f"{proc.name} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
-def start_s3(*, host: str, log_dir: Path, run_id: str, port: int | None = None) -> StorageServer:
+def start_s3(
+    *, host: str, log_dir: Path, run_id: str, port: int | None = None, buckets: Sequence[str] = ()
+) -> StorageServer:
     """moto's S3 server; ``port``: a given one (a restart on the same endpoint), else a free one.
-    It keeps its buckets in memory: a restarted server starts empty."""
+    It keeps its buckets in memory: a restarted server starts empty but for ``buckets``, made before
+    it listens (``kpcap_localcluster.s3_server``)."""
     port = port or free_port(host)
+    server = (
+        ["kpcap_localcluster.s3_server", *(f"--bucket={b}" for b in buckets)] if buckets else ["moto.server"]
+    )
     proc = spawn(
         name="moto-s3",
-        argv=[sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        argv=[sys.executable, "-m", *server, "-H", host, "-p", str(port)],
         log_path=log_dir / "moto-s3.log",
         run_id=run_id,
     )
