@@ -1,18 +1,28 @@
-"""An append-only file written in aligned chunks, past the page cache where the filesystem allows.
+"""An append-only file written in aligned chunks by a writer thread, past the page cache where the
+filesystem allows.
 
-Why: a full capture writes a node's traffic to disk for minutes (up to 1 GB). Measured on the 2-core
-machine under a sustained flood of large frames (benchmarks/capture.py), two thirds of the capture
-thread's time went into ``write(2)``: copying each megabyte into the page cache, then being
-throttled while the dirty pages were written back, and the ring overflowed meanwhile. Writes with
-``O_DIRECT`` skip that copy and the dirty-page accounting (the storage driver reads the user buffer
-itself), as Arkime's ``pcapWriteMethod=direct`` does for the same reason. Captured files are read
-once, at upload, so the page cache has nothing to offer them.
+Why past the page cache: a full capture writes a node's traffic to disk for minutes (up to 1 GB).
+Measured on the 2-core machine under a sustained flood of large frames (benchmarks/capture.py), two
+thirds of the capture thread's time went into ``write(2)``: copying each megabyte into the page
+cache, then being throttled while the dirty pages were written back, and the ring overflowed
+meanwhile. In a capture pod it is worse: the pod's memory limit (256Mi by default) bounds its dirty
+pages too, so buffered writes are throttled after a few tens of megabytes. Writes with ``O_DIRECT``
+skip the copy and the dirty-page accounting (the storage driver reads the user buffer itself), as
+Arkime's ``pcapWriteMethod=direct`` does for the same reason. Captured files are read once, at
+upload, so the page cache has nothing to offer them.
+
+Why a writer thread: a direct write returns when the device has the data, and a device shared with
+other pods can take tens of milliseconds to answer. Meanwhile the capture thread keeps filling the
+next staging chunk from the ring; up to ``queue_chunks`` filled chunks wait for the writer (about
+16 MiB: the memory the capture pays for riding out the device's hiccups). ``os.write`` releases the
+GIL, so the two overlap.
 
 ``O_DIRECT`` needs the buffer, the file offset and the length aligned to the device's logical block
-size: records are assembled in place in a page-aligned staging buffer (:attr:`AlignedFile.buffer`),
-whole aligned chunks are written, and the unaligned tail is kept for the next chunk; the last tail is
-written at :meth:`AlignedFile.close` with ``O_DIRECT`` turned off. Where the filesystem refuses
-``O_DIRECT`` (tmpfs, some overlay setups: ``EINVAL``), the same chunks go through the page cache.
+size: records are assembled in place in a page-aligned staging chunk (:attr:`AlignedFile.buffer`),
+whole aligned parts are written, and the unaligned tail moves to the start of the next chunk; the
+last tail is written at :meth:`AlignedFile.close` with ``O_DIRECT`` turned off. Where the filesystem
+refuses ``O_DIRECT`` (tmpfs, some overlay setups: ``EINVAL``), the same chunks go through the page
+cache.
 """
 
 from __future__ import annotations
@@ -21,11 +31,14 @@ import errno
 import fcntl
 import mmap
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Final
 
 ALIGNMENT: Final = 4096  # a multiple of every device's logical block size (512 or 4096)
 DEFAULT_CHUNK_BYTES: Final = 1 << 20
+DEFAULT_QUEUE_CHUNKS: Final = 16
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -36,20 +49,40 @@ class AlignedFile:
     """A new file (exclusive create: never overwrites) appended to through :attr:`buffer`.
 
     Callers write up to ``headroom`` bytes past :attr:`used` into :attr:`buffer`, advance
-    :attr:`used`, and call :meth:`flush_chunks` once :attr:`used` reaches :attr:`flush_at`.
+    :attr:`used`, and call :meth:`flush_chunks` once :attr:`used` reaches :attr:`flush_at`; after
+    that call :attr:`buffer` may be another chunk (read it again). A write error of the writer thread
+    is raised by the next :meth:`flush_chunks` or :meth:`close`.
     """
 
-    def __init__(self, *, path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES, headroom: int) -> None:
+    def __init__(
+        self,
+        *,
+        path: Path,
+        headroom: int,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        queue_chunks: int = DEFAULT_QUEUE_CHUNKS,
+    ) -> None:
         if chunk_bytes < ALIGNMENT or chunk_bytes % ALIGNMENT:
             raise ValueError(f"chunk_bytes must be a positive multiple of {ALIGNMENT}, got {chunk_bytes}")
+        if queue_chunks < 1:
+            raise ValueError(f"queue_chunks must be at least 1, got {queue_chunks}")
         self.path: Final = path
         self.flush_at: Final = chunk_bytes
-        # Room for a chunk, plus the unaligned tail carried over, plus the largest single append.
-        self.buffer: Final = mmap.mmap(-1, _round_up(chunk_bytes + ALIGNMENT + headroom, mmap.PAGESIZE))
-        self.used = 0
+        # A chunk has room for itself, the unaligned tail carried over, and the largest single append.
+        self._chunk_size = _round_up(chunk_bytes + ALIGNMENT + headroom, mmap.PAGESIZE)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         self._closed = False
         self.direct = self._set_direct(True)
+        self.buffer = mmap.mmap(-1, self._chunk_size)
+        self.used = 0
+        # Chunks are made when first needed (an idle capture pays for one) and reused after that.
+        self._chunks_made = 1
+        self._queue_chunks = queue_chunks
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        self._filled: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_chunks, name=f"write {path.name}", daemon=True)
+        self._writer.start()
 
     def _set_direct(self, wanted: bool) -> bool:
         flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
@@ -73,24 +106,54 @@ class AlignedFile:
                 continue
             view = view[written:]
 
+    def _write_chunks(self) -> None:
+        """The writer thread: filled chunks in order, each back to the free pool once written."""
+        while (item := self._filled.get()) is not None:
+            chunk, length = item
+            try:
+                if self._error is None:
+                    with memoryview(chunk) as staged:
+                        self._write_all(staged[:length])
+            except BaseException as error:  # noqa: BLE001 - handed to the capture thread
+                self._error = error
+            finally:
+                self._free.put(chunk)
+                self._filled.task_done()
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            raise OSError(f"writing {self.path} failed: {self._error}") from self._error
+
+    def _next_chunk(self) -> mmap.mmap:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            if self._chunks_made < self._queue_chunks + 1:
+                self._chunks_made += 1
+                return mmap.mmap(-1, self._chunk_size)
+        return self._free.get()  # every chunk is waiting for the device: wait for one to come back
+
     def flush_chunks(self) -> None:
-        """Write the aligned part of what is staged; keep the tail (less than ALIGNMENT bytes)."""
+        """Hand the aligned part of what is staged to the writer; keep the tail in a fresh chunk."""
+        self._raise_writer_error()
         aligned = self.used - self.used % ALIGNMENT
         if not aligned:
             return
-        with memoryview(self.buffer) as staged:
-            self._write_all(staged[:aligned])
         tail = self.used - aligned
+        filled, self.buffer = self.buffer, self._next_chunk()
         if tail:
-            self.buffer.move(0, aligned, tail)
+            self.buffer[:tail] = filled[aligned : self.used]
+        self._filled.put((filled, aligned))
         self.used = tail
 
     def close(self) -> None:
-        """Write everything staged, fsync and close; idempotent."""
+        """Write everything staged, fsync and close; idempotent. Raises what a write raised."""
         if self._closed:
             return
         try:
             self.flush_chunks()
+            self._filled.join()
+            self._raise_writer_error()
             if self.used:
                 if self.direct:
                     self.direct = self._set_direct(False)
@@ -100,8 +163,12 @@ class AlignedFile:
             os.fsync(self._fd)
         finally:
             self._closed = True
+            self._filled.put(None)
+            self._writer.join()
             os.close(self._fd)
             self.buffer.close()
+            while not self._free.empty():
+                self._free.get_nowait().close()
 
     @property
     def closed(self) -> bool:

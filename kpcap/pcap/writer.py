@@ -147,6 +147,7 @@ class PcapWriter:
                 file.used = position
                 file.flush_chunks()
                 position = file.used
+                buffer = file.buffer  # the next chunk: the filled one went to the writer thread
         file.used = position
         self.packets += count
         self.packet_bytes += written
