@@ -19,7 +19,7 @@ from typing import Any, Final
 from kpcap import envconfig
 from kpcap.names import capture_id as capture_id_of
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "configure_from_env", "configure_logging", "refs"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "capture_refs", "configure_from_env", "configure_logging", "refs"]
 
 LOG_FORMATS: Final = ("text", "json")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -38,6 +38,16 @@ def refs(
     one nested attribute rather than flat ones)."""
     given = {"namespace": namespace, "name": name, "captureId": capture_id, "node": node}
     return {_REFS: {key: value for key, value in given.items() if value}}
+
+
+def capture_refs(metadata: Mapping[str, Any], *, node: str | None = None) -> dict[str, Any]:
+    """``extra=`` for a log call about the PacketCapture with this ``metadata``."""
+    uid = metadata.get("uid")
+    cid = None
+    if isinstance(uid, str):
+        with contextlib.suppress(ValueError):
+            cid = capture_id_of(uid)
+    return refs(namespace=metadata.get("namespace"), name=metadata.get("name"), capture_id=cid, node=node)
 
 
 def _kopf_refs(ref: object) -> dict[str, str]:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from kpcap.kubeapi import status_time
+from kpcap.logformat import capture_refs
 from kpcap.model import CaptureSpec, CaptureStatus, NodePhase, capture_id
 from kpcap.storage import PCAP_CONTENT_TYPE, StorageError
 from kpcap_operator import decisions, samples
@@ -103,7 +104,13 @@ def take_sample(
             )
     status["nodes"] = nodes
     if failure is not None:
-        log.warning("simple capture %s/%s failed: %s", meta["namespace"], meta["name"], failure)
+        log.warning(
+            "simple capture %s/%s failed: %s",
+            meta["namespace"],
+            meta["name"],
+            failure,
+            extra=capture_refs(meta),
+        )
         status.update({"status": CaptureStatus.FAILED.value, "errorMessage": failure, "packetsCaptured": 0})
         status["conditions"] = [
             admitted_condition,
@@ -124,6 +131,7 @@ def take_sample(
         message,
         spec.time_limit,
         ", ".join(f"{a.node} {a.seconds * 1000:.0f} ms" for a in answered),
+        extra=capture_refs(meta),
     )
     status["status"] = CaptureStatus.SUCCESS.value
     status["conditions"] = [

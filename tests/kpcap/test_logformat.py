@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from kpcap.envconfig import EnvError
-from kpcap.logformat import JsonFormatter, configure_from_env, configure_logging, refs
+from kpcap.logformat import JsonFormatter, capture_refs, configure_from_env, configure_logging, refs
 
 UID = "0f3c2a1b-9d8e-4f70-a6b5-c4d3e2f1a0b9"
 CAPTURE_ID = UID.replace("-", "")
@@ -41,6 +41,14 @@ def test_a_line_has_time_level_logger_message_and_the_calls_references() -> None
     assert str(line["time"]).endswith("+00:00")
     assert (line["namespace"], line["name"], line["captureId"]) == ("team-a", "cap", CAPTURE_ID)
     assert "node" not in line  # only what the call has
+
+
+def test_a_captures_metadata_gives_its_references() -> None:
+    line = _line(
+        _record("deleted", extra=capture_refs({"namespace": "t", "name": "c", "uid": UID}, node="n1"))
+    )
+    assert (line["namespace"], line["name"], line["captureId"], line["node"]) == ("t", "c", CAPTURE_ID, "n1")
+    assert "captureId" not in _line(_record("x", extra=capture_refs({"name": "c", "uid": "not-a-uid"})))
 
 
 def test_kopfs_object_reference_names_the_capture_and_its_id() -> None:

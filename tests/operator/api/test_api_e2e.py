@@ -52,6 +52,7 @@ BASE_URL = f"https://127.0.0.1:{API_PORT}/client/v4"
 TLS_DIR = tls_dir(API_PORT)
 """The API's pair (signed by the chart's CA) and that CA: written by the operator fixture."""
 CA_FILE = TLS_DIR / "ca.crt"
+READINESS_PORT, HEALTH_PORT = free_port(), free_port()
 
 
 _api_operator = operator_fixture(
@@ -63,6 +64,8 @@ _api_operator = operator_fixture(
         "KPCAP_API_HOST": "127.0.0.1",
         **tls_env(TLS_DIR),
         "KPCAP_LOG_FORMAT": "json",
+        "KPCAP_READINESS_PORT": str(READINESS_PORT),
+        "KPCAP_LIVENESS_ENDPOINT": f"http://127.0.0.1:{HEALTH_PORT}/healthz",
         # The operator's own storage credentials (challenge files, downloads): the standard chain.
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
@@ -642,6 +645,12 @@ def test_plain_http_is_refused_and_https_needs_the_charts_ca(operator: RunningOp
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{BASE_URL}/openapi.json", timeout=5)  # the system's CAs do not know the chart's
     assert httpx.get(f"{BASE_URL}/openapi.json", timeout=5, verify=verify()).status_code == 200
+
+
+def test_the_replica_is_ready_with_kopf_and_its_api_answering(operator: RunningOperator) -> None:
+    # The wiring of python -m kpcap_operator; tests/operator/test_readiness.py covers the not-ready cases.
+    ready = httpx.get(f"http://127.0.0.1:{READINESS_PORT}/readyz", timeout=10)
+    assert (ready.status_code, ready.text) == (200, "ok\n")
 
 
 def test_operator_logs_are_json_lines_naming_the_capture(account: Account, operator: RunningOperator) -> None:
