@@ -5,7 +5,8 @@ captures are stopped (spec.stop, the one spec change the webhook allows), so the
 what they have; the hook waits a bounded time for them to finish; then captures are deleted (the
 operator's finalizer cleans up) or kept as records, kpcap's finalizer is removed from any left
 (no operator will be there to remove it), leftover capture DaemonSets are deleted, and the webhook
-configurations Kopf created go (else the apiserver would call a webhook that is gone).
+configurations an operator's Kopf created go (else the apiserver would call a webhook that is gone;
+the chart's own configuration Helm deletes after the hook).
 
     python -m kpcap_operator.uninstall      # in the operator's image, as the chart's hook Job runs it
 
@@ -142,8 +143,25 @@ class Cluster:
             body={"propagationPolicy": "Background"},
         )
 
+    def webhook_configuration(self, kind: str, name: str) -> Json | None:
+        try:
+            return request_json(self._api, "GET", f"/apis/admissionregistration.k8s.io/v1/{kind}/{name}")
+        except ApiException as err:
+            if err.status == NOT_FOUND:
+                return None
+            raise
+
     def delete_webhook_configuration(self, kind: str, name: str) -> None:
         request_json(self._api, "DELETE", f"/apis/admissionregistration.k8s.io/v1/{kind}/{name}")
+
+
+def made_by_an_operator(configuration: Mapping[str, Any] | None) -> bool:
+    """A webhook configuration Kopf created (the hook deletes it), not the chart's own (Helm deletes
+    that one after the hook, so admission holds while the operator still runs)."""
+    if configuration is None:
+        return False
+    labels = configuration["metadata"].get("labels") or {}
+    return labels.get("app.kubernetes.io/managed-by") != "Helm"
 
 
 def _ignoring_gone(action: Callable[[], None]) -> bool:
@@ -188,8 +206,10 @@ def run(*, cluster: Cluster, settings: UninstallSettings) -> None:
         if _ignoring_gone(partial(cluster.delete_daemonset, settings.namespace, name)):
             log.info("deleted capture DaemonSet %s/%s", settings.namespace, name)
     for kind in WEBHOOK_KINDS:
+        if not made_by_an_operator(cluster.webhook_configuration(kind, WEBHOOK_CONFIGURATION)):
+            continue
         if _ignoring_gone(partial(cluster.delete_webhook_configuration, kind, WEBHOOK_CONFIGURATION)):
-            log.info("deleted %s %s", kind, WEBHOOK_CONFIGURATION)
+            log.info("deleted %s %s (an operator had created it)", kind, WEBHOOK_CONFIGURATION)
 
 
 def main() -> int:

@@ -883,6 +883,22 @@ UNINSTALL_CALLS: list[Call] = [
     ("patch", "kpcap.io", "packetcaptures", "users-ns", "c", "the hook stops captures, removes the finalizer"),
     ("delete", "kpcap.io", "packetcaptures", "users-ns", "c", "the hook deletes the stopped captures"),
     (
+        "get",
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "",
+        "kpcap.io",
+        "the hook reads whether an operator (not the chart) made kpcap.io",
+    ),
+    (
+        "get",
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "",
+        "kpcap.io",
+        "the hook reads whether Kopf made the mutating kpcap.io",
+    ),
+    (
         "delete",
         "admissionregistration.k8s.io",
         "validatingwebhookconfigurations",

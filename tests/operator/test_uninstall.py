@@ -58,3 +58,11 @@ def test_settings_name_the_bad_variable() -> None:
     ]:
         with pytest.raises(ValueError, match=name):
             uninstall.UninstallSettings.from_env(bad)
+
+
+def test_only_webhook_configurations_an_operator_made_are_deleted() -> None:
+    assert uninstall.made_by_an_operator({"metadata": {"name": "kpcap.io"}})
+    assert not uninstall.made_by_an_operator(
+        {"metadata": {"labels": {"app.kubernetes.io/managed-by": "Helm"}}}
+    )
+    assert not uninstall.made_by_an_operator(None)
