@@ -115,7 +115,8 @@ class AlignedFile:
                     with memoryview(chunk) as staged:
                         self._write_all(staged[:length])
             except BaseException as error:  # noqa: BLE001 - handed to the capture thread
-                self._error = error
+                # Without its traceback: its frames hold views of the chunk, which could not be unmapped.
+                self._error = error.with_traceback(None)
             finally:
                 self._free.put(chunk)
                 self._filled.task_done()
@@ -156,7 +157,7 @@ class AlignedFile:
             self._raise_writer_error()
             if self.used:
                 if self.direct:
-                    self.direct = self._set_direct(False)
+                    self._set_direct(False)  # the unaligned last tail; ``direct`` says how chunks went
                 with memoryview(self.buffer) as staged:
                     self._write_all(staged[: self.used])
                 self.used = 0
