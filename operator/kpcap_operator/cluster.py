@@ -31,6 +31,20 @@ class Cluster(Protocol):
         """Delete every DaemonSet of the capture; the names deleted."""
         ...
 
+    def agent_metrics_ports(self) -> set[int]:
+        """The metrics ports of the live capture DaemonSets (``manifests.ANNOTATION_METRICS_PORT``)."""
+        ...
+
     def node_reports(self, capture_id: str) -> Mapping[str, Mapping[str, Any]]:
         """Node -> the status of its PacketCaptureReport, for every node of the capture that reported."""
+        ...
+
+    def reports_in_step_seconds(self) -> float:
+        """How long the nodes' reports have been observed without a break (a broken watch, an
+        apiserver restart, the operator's start: 0 until they are in step again)."""
+        ...
+
+    def pod_refusals(self, capture_id: str) -> list[str]:
+        """Messages of the DaemonSet controller's ``FailedCreate`` Events on the capture's DaemonSets
+        (pods it could not create), newest first; empty when there are none."""
         ...

@@ -216,6 +216,8 @@ class Outcome:
     error_message: str = ""
     silent_nodes: tuple[str, ...] = ()
     failed_nodes: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""
+    """A failure's CamelCase reason when it is neither failed nor silent nodes (e.g. PodSecurity)."""
 
     @property
     def finished(self) -> bool:

@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kpcap.kubeapi import parse_time, status_time
+from kpcap.logformat import capture_refs
 from kpcap.model import CaptureSpec, CaptureStatus, capture_id, parse_spec
-from kpcap_operator import decisions, manifests, spec_changes
+from kpcap_operator import decisions, manifests, pod_refusals, spec_changes
 from kpcap_operator.cluster import Cluster
 from kpcap_operator.result import Event, Result
 from kpcap_operator.settings import OperatorSettings
@@ -25,6 +26,10 @@ from kpcap_operator.settings import OperatorSettings
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+REPORTS_SETTLE_SECONDS = 10.0
+"""After a break in the operator's view of the reports (an apiserver restart, its own start), the
+report deadline moves out by up to this long: the agents' reports, retried through the outage (at
+most 5 s apart), land before a node is called silent."""
 
 
 def start(
@@ -78,6 +83,14 @@ def ensure_daemonset(
     cid = capture_id(meta["uid"])
     if cluster.capture_daemonsets(cid):
         return
+    ports = settings.agent_metrics_ports
+    metrics_port = (
+        None
+        if ports is None
+        else manifests.agent_metrics_port(capture_id=cid, ports=ports, taken=cluster.agent_metrics_ports())
+    )
+    if ports is not None and metrics_port is None:
+        log.warning("every agent metrics port %d-%d is taken: capture %s serves none", *ports, cid)
     manifest = manifests.capture_daemonset(
         settings=settings,
         capture_id=cid,
@@ -86,6 +99,7 @@ def ensure_daemonset(
         spec=spec,
         targets=targets,
         capture_uid=meta["uid"],
+        metrics_port=metrics_port,
     )
     if cluster.create_daemonset(manifest):
         log.info(
@@ -95,6 +109,7 @@ def ensure_daemonset(
             meta["namespace"],
             meta["name"],
             targets,
+            extra=capture_refs(meta),
         )
 
 
@@ -104,7 +119,14 @@ def remove_daemonsets(*, cluster: Cluster, body: Mapping[str, Any], why: str) ->
     meta = body["metadata"]
     deleted = cluster.delete_capture_daemonsets(capture_id(meta["uid"]))
     if deleted:
-        log.info("capture %s/%s %s; deleted DaemonSets %s", meta["namespace"], meta["name"], why, deleted)
+        log.info(
+            "capture %s/%s %s; deleted DaemonSets %s",
+            meta["namespace"],
+            meta["name"],
+            why,
+            deleted,
+            extra=capture_refs(meta),
+        )
     return deleted
 
 
@@ -119,15 +141,20 @@ def progress(
     targets = list(status.get("targetNodes") or [])
     started = parse_time(status.get("started")) or now
     result = Result()
-    reports = cluster.node_reports(capture_id(body["metadata"]["uid"]))
+    cid = capture_id(body["metadata"]["uid"])
+    reports = cluster.node_reports(cid)
+    unsettled = max(0.0, REPORTS_SETTLE_SECONDS - cluster.reports_in_step_seconds())
+    grace = settings.report_grace_seconds + decisions.rollout_allowance(len(targets)) + unsettled
     outcome = decisions.aggregate(
-        spec=spec,
-        targets=targets,
-        reports=reports,
-        started=started,
-        now=now,
-        grace=timedelta(seconds=settings.report_grace_seconds + decisions.rollout_allowance(len(targets))),
+        spec=spec, targets=targets, reports=reports, started=started, now=now, grace=timedelta(seconds=grace)
     )
+    if not outcome.finished and not reports:
+        # No node reported yet: were the pods refused? (A read, only until the first report.)
+        refusals = pod_refusals.admission_refusals(cluster.pod_refusals(cid))
+        if refusals:
+            outcome = pod_refusals.refused(
+                outcome=outcome, refusals=refusals, namespace=settings.namespace, unreported=targets
+            )
     if spec.stop and not status.get("stopRequested"):
         result.status["stopRequested"] = status_time(now)
         result.events.append(
@@ -158,7 +185,11 @@ def progress(
     updates = _spec_change_conditions(body=body, result=result, now=now)
     if outcome.finished:
         ok = outcome.status == CaptureStatus.SUCCESS
-        reason = "Succeeded" if ok else ("NodesSilent" if outcome.silent_nodes else "CaptureFailed")
+        reason = (
+            "Succeeded"
+            if ok
+            else outcome.reason or ("NodesSilent" if outcome.silent_nodes else "CaptureFailed")
+        )
         message = (
             outcome.error_message or f"{outcome.packets_captured} packets in {len(outcome.files)} file(s)"
         )

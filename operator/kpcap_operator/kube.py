@@ -177,6 +177,10 @@ class Kube:
         entries = (_report_entry(item) for item in listing.get("items", []))
         return {node: status for _, node, status in filter(None, entries)}
 
+    def reports_in_step_seconds(self) -> float:
+        """How long the watched reports have been in step without a break (0 while they are not)."""
+        return self.reports.in_step_seconds()
+
     def pod_refusals(self, capture_id: str) -> list[str]:
         """Messages of the DaemonSet controller's ``FailedCreate`` Events on the capture's DaemonSets,
         newest first. Read only while no node has reported (``full_capture.progress``); a failed read

@@ -8,6 +8,7 @@ final: no later non-terminal event for the node replaces it, whatever order even
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,6 +28,12 @@ class ReportIndex:
         self._lock = threading.Lock()
         self._reports: dict[str, dict[str, Json]] = {}
         self._synced = False
+        self._in_step_since: float | None = None  # time.monotonic() of the listing that synced it
+
+    def in_step_seconds(self) -> float:
+        """How long the index has been in step without a break (0 while it is not)."""
+        with self._lock:
+            return 0.0 if self._in_step_since is None else time.monotonic() - self._in_step_since
 
     def reports(self, capture_id: str) -> dict[str, Json] | None:
         """Node -> report status of the capture, or None while the index is not in step."""
@@ -47,6 +54,8 @@ class ReportIndex:
                     if _is_terminal(known.get(node)) and not _is_terminal(entry):
                         nodes[node] = known[node]
             self._reports = fresh
+            if not self._synced:
+                self._in_step_since = time.monotonic()
             self._synced = True
 
     def updated(self, *, capture_id: str, node: str, status: Mapping[str, Any]) -> Json | None:
@@ -71,3 +80,4 @@ class ReportIndex:
         """The watch broke: until the next listing, callers must ask the cluster."""
         with self._lock:
             self._synced = False
+            self._in_step_since = None

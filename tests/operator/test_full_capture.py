@@ -207,6 +207,22 @@ def test_a_silent_node_fails_the_capture_after_the_deadline_keeping_files(
     assert cluster.daemonsets_of(body) == []
 
 
+def test_no_node_is_called_silent_while_the_reports_are_not_settled_after_a_break(
+    cluster: InMemoryCluster, run_pass: Callable[..., Result], clock: Clock
+) -> None:
+    """An apiserver restart: the agents' retried reports land within seconds of the operator's
+    view coming back, so the deadline moves out by what is left of REPORTS_SETTLE_SECONDS."""
+    body = cluster.add(capture("outage", {**FULL, "timeLimit": 1}, created=T0))
+    run_pass(body)
+    cluster.reports_in_step = 2.0  # the report watch came back 2 s ago
+    clock.advance(1 + 5 + 1)  # past timeLimit + grace
+    assert run_pass(body).finished is None
+    clock.advance(full_capture.REPORTS_SETTLE_SECONDS - 2.0)
+    cluster.reports_in_step = full_capture.REPORTS_SETTLE_SECONDS
+    assert run_pass(body).finished is not None
+    assert "no report from kpcap-node-1, kpcap-node-2" in cluster.get(body)["status"]["errorMessage"]
+
+
 def test_zero_packets_is_the_upstream_message(
     cluster: InMemoryCluster, run_pass: Callable[..., Result]
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from kpcap.kubeapi import API_VERSION, KIND, status_time
 from kpcap.model import capture_id
-from kpcap_operator.manifests import LABEL_CAPTURE_ID
+from kpcap_operator.manifests import ANNOTATION_METRICS_PORT, LABEL_CAPTURE_ID
 
 Json = dict[str, Any]
 ZONE = "topology.kubernetes.io/zone"
@@ -69,6 +69,11 @@ class InMemoryCluster:
     reads: int = 0
     reports: dict[str, dict[str, Json]] = field(default_factory=dict)
     """Capture id -> node -> the status of its PacketCaptureReport (what the agents wrote)."""
+    refusals: dict[str, list[str]] = field(default_factory=dict)
+    """DaemonSet name -> messages of its FailedCreate Events (pods the apiserver refused)."""
+    refusal_reads: int = 0
+    reports_in_step: float = float("inf")
+    """Seconds the reports have been observed without a break (an operator's view after a restart)."""
 
     # --- the Cluster interface ---------------------------------------------------------------------
 
@@ -96,6 +101,11 @@ class InMemoryCluster:
         self.daemonsets[name] = copy.deepcopy(manifest)
         return True
 
+    def agent_metrics_ports(self) -> set[int]:
+        annotations = (ds["metadata"].get("annotations", {}) for ds in self.daemonsets.values())
+        ports = (found.get(ANNOTATION_METRICS_PORT) for found in annotations)
+        return {int(port) for port in ports if port}
+
     def delete_capture_daemonsets(self, capture_id: str) -> list[str]:
         names = self.capture_daemonsets(capture_id)
         for name in names:
@@ -105,6 +115,13 @@ class InMemoryCluster:
 
     def node_reports(self, capture_id: str) -> dict[str, Json]:
         return copy.deepcopy(self.reports.get(capture_id, {}))
+
+    def reports_in_step_seconds(self) -> float:
+        return self.reports_in_step
+
+    def pod_refusals(self, capture_id: str) -> list[str]:
+        self.refusal_reads += 1
+        return [m for name in self.capture_daemonsets(capture_id) for m in self.refusals.get(name, [])]
 
     # --- what tests do to it -----------------------------------------------------------------------
 
