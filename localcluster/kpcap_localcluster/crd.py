@@ -1,6 +1,6 @@
 """The harness's loader of kpcap's CRDs (PacketCapture, PacketCaptureReport), read from the repository.
 
-The canonical CRD (``crds/packetcapture.yaml``, copied into the chart) carries CEL rules
+The canonical CRD (``crds/packetcapture.yaml``; the chart's templates are generated from it) carries CEL rules
 (``x-kubernetes-validations``, Kubernetes >= 1.25). The local cluster's 1.20 apiserver does not know
 that key, so ``load_crd(..., strip_cel=True)`` returns a copy without it; the admission webhook
 enforces the same rules there through ``parse_spec``.
@@ -18,7 +18,7 @@ from kpcap_localcluster.binaries import REPO_ROOT
 
 CRD_PATH = REPO_ROOT / "crds" / "packetcapture.yaml"
 CRD_FILES = ("packetcapture.yaml", "packetcapturereport.yaml")
-"""Every CRD kpcap installs, by file name (in crds/ and in the chart's crds/)."""
+"""Every CRD kpcap installs, by file name in crds/ (the chart's templates/crds/ are made from them)."""
 
 
 def load_crd(path: Path = CRD_PATH, *, strip_cel: bool) -> dict[str, Any]:
