@@ -223,6 +223,7 @@ class LiveSource:
                         data=data,
                         interface_index=interface_index,
                         timestamp_ns=seconds * 1_000_000_000 + nanoseconds,
+                        original_length=original_length,
                     ):
                         self.copies_skipped += 1
                         continue
@@ -245,11 +246,12 @@ class LiveSource:
     def _wake_copy_filter(self, copy_filter: CopyFilter, current_block: list[RecordTuple]) -> None:
         """A frame from a second interface: tell the copy check about the frames kept so far."""
         for frames in (*(kept for kept, _ in self._replay), current_block):
-            for seconds, nanoseconds, data, _, interface_index in frames:
+            for seconds, nanoseconds, data, original_length, interface_index in frames:
                 copy_filter.is_copy(
                     data=data,
                     interface_index=interface_index,
                     timestamp_ns=seconds * 1_000_000_000 + nanoseconds,
+                    original_length=original_length,
                 )
         self._replay.clear()
         self._replay_bytes = 0

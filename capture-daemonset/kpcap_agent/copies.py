@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Final
 
 from kpcap.filters import ETHERTYPE_IPV4, ETHERTYPE_IPV6, VLAN_TAG_LENGTH, VLAN_TPIDS
 
@@ -44,10 +45,20 @@ class _Seen:
         self.last_seen_ns = last_seen_ns
 
 
-def layer3_identity(frame: bytes) -> int:
-    """A hash of the frame's layer-3 packet with the fields forwarding rewrites left out.
+# Bytes of the layer-3 packet a cut frame must keep to be told from others: the IPv4 or IPv6 header
+# and the first 8 bytes after it (ports, TCP sequence number, ICMP identifier).
+_IDENTIFYING_BYTES: Final = {ETHERTYPE_IPV4: 20 + 8, ETHERTYPE_IPV6: 40 + 8}
+
+
+def layer3_identity(frame: bytes, *, original_length: int | None = None) -> int | None:
+    """A hash of the frame's layer-3 packet with the fields forwarding rewrites left out, or None
+    when the frame was cut too short to tell it from other packets.
 
     Link header and VLAN tags are skipped, IPv4 TTL and header checksum and IPv6 hop limit ignored.
+    ``original_length``: the frame's length on the wire (None: ``len(frame)``, not cut). A frame cut
+    by a snap length is identified only if it keeps its IP header and 8 bytes more (with less, two
+    different packets look alike and one would be dropped as the other's copy); the packet's length
+    counts too.
     """
     offset = 12
     ethertype = int.from_bytes(frame[12:14])
@@ -55,11 +66,16 @@ def layer3_identity(frame: bytes) -> int:
         offset += VLAN_TAG_LENGTH
         ethertype = int.from_bytes(frame[offset : offset + 2])
     packet = frame[offset + 2 :]
+    packet_length = len(packet)
+    if original_length is not None and original_length > len(frame):
+        if packet_length < _IDENTIFYING_BYTES.get(ethertype, 1 << 16):
+            return None
+        packet_length = original_length - offset - 2
     if ethertype == ETHERTYPE_IPV4 and len(packet) >= 20:
-        return hash((ethertype, packet[:8], packet[9:10], packet[12:]))
+        return hash((ethertype, packet_length, packet[:8], packet[9:10], packet[12:]))
     if ethertype == ETHERTYPE_IPV6 and len(packet) >= 40:
-        return hash((ethertype, packet[:7], packet[8:]))
-    return hash((ethertype, packet))
+        return hash((ethertype, packet_length, packet[:7], packet[8:]))
+    return hash((ethertype, packet_length, packet))
 
 
 @dataclass(kw_only=True)
@@ -70,7 +86,9 @@ class CopyFilter:
     max_remembered: int = 131072
     _seen: OrderedDict[int, _Seen] = field(default_factory=OrderedDict, init=False, repr=False)
 
-    def is_copy(self, *, data: bytes, interface_index: int, timestamp_ns: int) -> bool:
+    def is_copy(
+        self, *, data: bytes, interface_index: int, timestamp_ns: int, original_length: int | None = None
+    ) -> bool:
         seen_packets = self._seen
         # Forget packets not seen for a window (least recently seen first), and bound the memory.
         while seen_packets:
@@ -81,7 +99,9 @@ class CopyFilter:
             ):
                 break
             seen_packets.popitem(last=False)
-        identity = layer3_identity(data)
+        identity = layer3_identity(data, original_length=original_length)
+        if identity is None:
+            return False  # cut too short to be told from other packets: keep every copy
         seen = seen_packets.get(identity)
         if seen is None:
             seen_packets[identity] = _Seen(origin_interface=interface_index, last_seen_ns=timestamp_ns)

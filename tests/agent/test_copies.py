@@ -39,3 +39,26 @@ def test_copy_filter_memory_is_bounded() -> None:
             data=udp_frame(payload_length=8, marker=number), interface_index=1, timestamp_ns=number
         )
     assert len(copies._seen) <= 100
+
+
+def test_cut_frames_are_copies_only_when_they_keep_enough_to_tell_packets_apart() -> None:
+    first, second = (udp_frame(payload_length=30, marker=number) for number in (1, 2))
+    # Cut to 64 bytes (IP and UDP headers kept): the same packet on another interface is a copy.
+    copies = CopyFilter()
+    assert not copies.is_copy(data=first[:64], interface_index=2, timestamp_ns=0, original_length=len(first))
+    assert copies.is_copy(data=first[:64], interface_index=3, timestamp_ns=1, original_length=len(first))
+    # Cut to 30 bytes (into the IP header), different packets look alike: nothing is called a copy,
+    # so no packet is ever dropped as another's copy (the copies of one packet are all kept).
+    assert first[:30] == second[:30]
+    assert layer3_identity(first[:30], original_length=len(first)) is None
+    copies = CopyFilter()
+    seen = [
+        copies.is_copy(data=frame[:30], interface_index=index, timestamp_ns=index, original_length=len(frame))
+        for index, frame in enumerate((first, second, first), start=2)
+    ]
+    assert seen == [False, False, False]
+    # The wire length counts: two cuts with the same bytes kept but different lengths differ.
+    longer = udp_frame(payload_length=300, marker=1)
+    assert layer3_identity(first[:64], original_length=len(first)) != layer3_identity(
+        first[:64], original_length=len(longer)
+    )
