@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kpcap.model import TERMINAL, CaptureStatus, NodePhase
+from kpcap.model import TERMINAL, CaptureStatus
 from kpcap_operator.result import Result
 from kpcap_operator.wakeups import Wakeups
 
@@ -37,7 +37,6 @@ SAFETY_PASSES = 5
 """The safety net's interval, in routine intervals (1 s by default: a pass every 5 s at least)."""
 ERROR_PAUSE_SECONDS = 2.0
 """After a pass that raised, the next one waits this long (as the old timer's backoff)."""
-_TERMINAL_PHASES = frozenset({NodePhase.DONE.value, NodePhase.FAILED.value})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,18 +70,20 @@ def status_changes(*, body: Mapping[str, Any], result: Result) -> Json:
     return changed
 
 
-def due_now(*, status: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]] | None) -> bool:
+def due_now(*, status: Mapping[str, Any], counts: tuple[int, int] | None) -> bool:
     """Whether a pass now could move the capture: not admitted yet, its first report (pending ->
-    running), or every target's report done or failed (it finishes)."""
+    running), or as many reports done or failed as it has targets (it finishes). ``counts``: (nodes
+    reported, nodes done or failed), None while the reports are not known."""
     current = status.get("status")
     if not current:
         return True
-    if current in TERMINAL or reports is None:
+    if current in TERMINAL or counts is None:
         return False
-    if current == CaptureStatus.PENDING.value and reports:
+    reported, ended = counts
+    if current == CaptureStatus.PENDING.value and reported:
         return True
     targets = status.get("targetNodes") or []
-    return bool(targets) and all((reports.get(n) or {}).get("phase") in _TERMINAL_PHASES for n in targets)
+    return bool(targets) and ended >= len(targets)
 
 
 def _version(body: Mapping[str, Any] | None) -> str:
@@ -125,8 +126,9 @@ class CaptureLoop:
     """One reconcile pass of the capture as given (blocking: run in a thread)."""
     write_status: Callable[[Json, Json], Json | None]
     """(capture, status merge patch) -> the object as stored; None when it is gone (blocking)."""
-    reports: Callable[[], Mapping[str, Mapping[str, Any]] | None]
-    """The capture's reports as the watch knows them (memory only; None while not in step)."""
+    report_counts: Callable[[], tuple[int, int] | None]
+    """(nodes reported, nodes done or failed) as the watch knows them (memory only; None while
+    not in step)."""
     post_events: Callable[[Result], None]
     """Post a pass's Events (in the event loop: Kopf's posting needs its context)."""
 
@@ -198,7 +200,7 @@ class CaptureLoop:
                 woken = True
             if now >= safety or (woken and now >= routine):
                 return
-            if woken and now >= earliest and due_now(status=status(), reports=self.reports()):
+            if woken and now >= earliest and due_now(status=status(), counts=self.report_counts()):
                 return
             wake_at = (routine if now >= earliest else earliest) if woken else safety
             await _wait_any(event=event, stopped=stopped, timeout=max(0.0, wake_at - now))

@@ -130,7 +130,7 @@ def build_registry(
             write_status=lambda current, changes: kube.patch_capture_status(
                 current["metadata"]["namespace"], current["metadata"]["name"], changes
             ),
-            reports=lambda: kube.reports.reports(cid),
+            report_counts=lambda: kube.reports.counts(cid),
             post_events=lambda result: post_events(body, result),
         ).run(live=body, stopped=stopped, wakeups=wakeups)
 

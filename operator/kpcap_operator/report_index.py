@@ -42,6 +42,15 @@ class ReportIndex:
                 return None
             return {node: dict(entry) for node, entry in self._reports.get(capture_id, {}).items()}
 
+    def counts(self, capture_id: str) -> tuple[int, int] | None:
+        """(nodes reported, nodes done or failed) of the capture without copying its reports (the
+        capture loop asks on every report event); None while the index is not in step."""
+        with self._lock:
+            if not self._synced:
+                return None
+            nodes = self._reports.get(capture_id, {})
+            return len(nodes), sum(1 for entry in nodes.values() if _is_terminal(entry))
+
     def replace_all(self, items: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
         """A fresh listing of (capture id, node, status): in step from now on (terminal kept)."""
         fresh: dict[str, dict[str, Json]] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 from kpcap.model import CaptureStatus
@@ -37,11 +36,12 @@ def body(status: Json | None = None, version: str = "1") -> Json:
 
 def test_a_pass_could_move_the_capture_when_unadmitted_first_reported_or_every_target_ended() -> None:
     running = {"status": "running", "targetNodes": ["a", "b"]}
-    assert due_now(status={}, reports=None)
-    assert due_now(status={"status": "pending", "targetNodes": ["a"]}, reports={"a": {"phase": "running"}})
-    assert not due_now(status=running, reports={"a": {"phase": "done"}, "b": {"phase": "running"}})
-    assert due_now(status=running, reports={"a": {"phase": "done"}, "b": {"phase": "failed"}})
-    assert not due_now(status={"status": "success"}, reports={})
+    assert due_now(status={}, counts=None)
+    assert due_now(status={"status": "pending", "targetNodes": ["a"]}, counts=(1, 0))
+    assert not due_now(status={"status": "pending", "targetNodes": ["a"]}, counts=(0, 0))
+    assert not due_now(status=running, counts=(2, 1))
+    assert due_now(status=running, counts=(2, 2))
+    assert not due_now(status={"status": "success"}, counts=(2, 2))
 
 
 def test_only_changed_keys_are_written_with_the_generation() -> None:
@@ -62,11 +62,11 @@ def test_the_written_object_is_used_until_the_live_body_is_newer() -> None:
 
 
 class Harness:
-    def __init__(self, *, reports: Mapping[str, Json] | None = None) -> None:
+    def __init__(self, *, counts: tuple[int, int] = (0, 0)) -> None:
         self.live = body()
         self.passes = 0
         self.writes: list[Json] = []
-        self.reported: Mapping[str, Json] | None = reports or {}
+        self.reported: tuple[int, int] | None = counts
         self.finish_after: int | None = None
 
     def run_pass(self, current: Json) -> Result:
@@ -93,7 +93,7 @@ class Harness:
             is_leader=lambda: True,
             run_pass=self.run_pass,
             write_status=self.write,
-            reports=lambda: self.reported,
+            report_counts=lambda: self.reported,
             post_events=lambda _result: None,
         )
 
@@ -109,7 +109,7 @@ def test_a_wake_up_that_could_finish_the_capture_runs_a_pass_at_once_a_routine_o
         wakeups.wake(CID)  # a progress report: waits for the routine interval
         await asyncio.sleep(0.1)
         routine = harness.passes
-        harness.reported = {"a": {"phase": "done"}}
+        harness.reported = (1, 1)
         harness.finish_after = harness.passes + 1
         wakeups.wake(CID)  # the last target's final report: at once
         await asyncio.wait_for(task, timeout=0.3)

@@ -54,3 +54,12 @@ def test_readers_get_copies() -> None:
     assert got is not None
     got["n1"]["phase"] = "done"
     assert index.reports(CID) == {"n1": {"phase": "running"}}
+
+
+def test_counts_are_the_nodes_reported_and_those_done_or_failed_none_before_a_listing() -> None:
+    index = ReportIndex()
+    assert index.counts("c") is None
+    index.replace_all([("c", "n1", {"phase": "running"}), ("c", "n2", {"phase": "done"})])
+    index.updated(capture_id="c", node="n3", status={"phase": "failed"})
+    assert index.counts("c") == (3, 2)
+    assert index.counts("other") == (0, 0)
