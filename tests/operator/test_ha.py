@@ -11,6 +11,7 @@ The ten-in-a-row loop is benchmarks/failover.py.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +24,7 @@ from kpcap.kubeapi import GROUP, PLURAL, VERSION
 from kpcap_localcluster.cluster import LocalCluster
 from kpcap_localcluster.install import Installation, install
 from tests.support.captures import Captures, capture_body, full_spec
-from tests.support.ha import capture_daemonsets, lease_holder, run_failover, serving_replicas
+from tests.support.ha import capture_daemonsets, lease_holder, run_failover, serving_replicas, wait_new_holder
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.e2e
 RELEASE = "kpcap-ha"
 NAMESPACE = "kpcap-ha"
 FAILOVER_LIMIT_SECONDS = 15.0
+HANDOVER_LIMIT_SECONDS = 8.0  # below the 10 s lease: the Lease was released, not waited out
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +127,16 @@ def test_the_leader_killed_mid_capture_fails_over_and_the_capture_completes(
     assert run.result == "success", run
     assert run.packets == {"kpcap-node-1": 25, "kpcap-node-2": 25}, "exactly the matching packets"
     assert run.most_daemonsets == 1, "never two DaemonSets"
+
+
+def test_a_leader_stopped_gracefully_hands_the_lease_over_at_once(ha: Installation) -> None:
+    """A rollout or a drain (SIGTERM): the leader releases the Lease, a standby leads within a
+    renewal or two instead of waiting out the 10 s lease."""
+    old = wait_for(lambda: lease_holder(ha), timeout=30, what="a leader")
+    deleted_at = time.monotonic()
+    ha.cluster.kubectl("delete", "pod", "-n", ha.namespace, old.pod, "--wait=false")
+    new, seconds = wait_new_holder(ha, old=old, since=deleted_at)
+    print(f"graceful handover: {old.pod} -> {new.pod} in {seconds:.1f}s")
+    assert new.pod != old.pod
+    assert seconds < HANDOVER_LIMIT_SECONDS
+    wait_for(lambda: serving_replicas(ha, count=2), timeout=120, what="the replacement replica serving")
