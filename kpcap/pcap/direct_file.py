@@ -51,7 +51,8 @@ class AlignedFile:
     Callers write up to ``headroom`` bytes past :attr:`used` into :attr:`buffer`, advance
     :attr:`used`, and call :meth:`flush_chunks` once :attr:`used` reaches :attr:`flush_at`; after
     that call :attr:`buffer` may be another chunk (read it again). A write error of the writer thread
-    is raised by the next :meth:`flush_chunks` or :meth:`close`.
+    is raised by the next :meth:`flush_chunks`, or by :meth:`close` if none did; nothing is written
+    after it (the file ends with the last chunk written).
     """
 
     def __init__(
@@ -79,8 +80,10 @@ class AlignedFile:
         self._chunks_made = 1
         self._queue_chunks = queue_chunks
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
-        self._filled: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
+        # SimpleQueue (in C): a Queue's Python-level condition variables cost more than the write.
+        self._filled: queue.SimpleQueue[tuple[mmap.mmap, int] | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
+        self._error_raised = False
         self._writer = threading.Thread(target=self._write_chunks, name=f"write {path.name}", daemon=True)
         self._writer.start()
 
@@ -119,10 +122,10 @@ class AlignedFile:
                 self._error = error.with_traceback(None)
             finally:
                 self._free.put(chunk)
-                self._filled.task_done()
 
     def _raise_writer_error(self) -> None:
         if self._error is not None:
+            self._error_raised = True
             raise OSError(f"writing {self.path} failed: {self._error}") from self._error
 
     def _next_chunk(self) -> mmap.mmap:
@@ -151,10 +154,20 @@ class AlignedFile:
         """Write everything staged, fsync and close; idempotent. Raises what a write raised."""
         if self._closed:
             return
+        self._closed = True
         try:
-            self.flush_chunks()
-            self._filled.join()
-            self._raise_writer_error()
+            try:
+                if self._error is None:
+                    self.flush_chunks()
+            finally:
+                self._filled.put(None)  # the writer thread ends once the chunks before it are written
+                self._writer.join()
+            if self._error is not None:
+                # The file lacks a chunk from there on: write nothing after it; raise the error
+                # unless a write already did (closing after a failed write only frees things).
+                if self._error_raised:
+                    return
+                self._raise_writer_error()
             if self.used:
                 if self.direct:
                     self._set_direct(False)  # the unaligned last tail; ``direct`` says how chunks went
@@ -163,9 +176,6 @@ class AlignedFile:
                 self.used = 0
             os.fsync(self._fd)
         finally:
-            self._closed = True
-            self._filled.put(None)
-            self._writer.join()
             os.close(self._fd)
             self.buffer.close()
             while not self._free.empty():
