@@ -21,6 +21,8 @@ from kpcap.storage import RetryPolicy
 # KPCAP_STOP_POLL_SECONDS, from kpcap_operator.manifests) so the apiserver load stays flat.
 PROGRESS_INTERVAL = 2.0
 STOP_POLL_INTERVAL = 1.0
+# Upload tries before the deadline (which is what ends them: at most 30 s apart, see RetryPolicy).
+UPLOAD_MAX_ATTEMPTS = 1000
 
 
 class AgentConfigError(ValueError):
@@ -144,5 +146,8 @@ class AgentConfig:
             return None
         ends = (started or now) + timedelta(seconds=self.spec.time_limit + self.upload_deadline_seconds)
         left = (ends - now).total_seconds()
-        # Past the deadline already (a restart resuming late): one try, no retries.
-        return RetryPolicy(deadline=left) if left > 0 else RetryPolicy(max_attempts=1)
+        # Past the deadline already (a restart resuming late): one try, no retries. Before it, the
+        # deadline ends the retries, not a count of tries: an S3 outage of half the window is outlived.
+        if left <= 0:
+            return RetryPolicy(max_attempts=1)
+        return RetryPolicy(deadline=left, max_attempts=UPLOAD_MAX_ATTEMPTS)

@@ -63,6 +63,7 @@ def test_the_upload_deadline_the_agent_gets_ends_before_the_report_grace(grace: 
     assert policy is not None
     assert policy.deadline is not None
     assert now + timedelta(seconds=policy.deadline) < grace_ends(settings)
+    assert policy.max_attempts >= 100  # the deadline ends the retries, not a count of tries
 
 
 def test_retries_of_a_failing_upload_stop_inside_the_grace() -> None:
