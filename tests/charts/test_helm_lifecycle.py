@@ -42,6 +42,7 @@ class Release:
     values: Path
     installation: Installation
     installed: bool = True
+    adopted_crds: bool = False
 
     def helm(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         return helm(self.cluster, *args, check=check, timeout=timeout)
@@ -67,12 +68,14 @@ def kubectl_json(cluster: LocalCluster, *args: str) -> dict[str, Any]:
     return out
 
 
-def _adopt_existing_crds(cluster: LocalCluster) -> None:
+def _adopt_existing_crds(cluster: LocalCluster) -> bool:
     """CRDs applied by kubectl (other suites, or an older chart's crds/) join the release: what the
-    chart README tells platform teams to do when moving to the chart-managed CRDs."""
+    chart README tells platform teams to do when moving to the chart-managed CRDs. True if any."""
+    adopted = False
     for crd in CRDS:
         if cluster.kubectl("get", "crd", crd, check=False).returncode != 0:
             continue
+        adopted = True
         cluster.kubectl("label", "--overwrite", "crd", crd, "app.kubernetes.io/managed-by=Helm")
         cluster.kubectl(
             "annotate",
@@ -82,6 +85,7 @@ def _adopt_existing_crds(cluster: LocalCluster) -> None:
             f"meta.helm.sh/release-name={RELEASE}",
             f"meta.helm.sh/release-namespace={NAMESPACE}",
         )
+    return adopted
 
 
 def _accepts(address: str, port: int) -> bool:
@@ -144,7 +148,7 @@ def release(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
         ),
         encoding="utf-8",
     )
-    _adopt_existing_crds(cluster)
+    adopted = _adopt_existing_crds(cluster)
     started = time.monotonic()
     helm(cluster, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(values), "--wait")
     installation = Installation(
@@ -152,7 +156,7 @@ def release(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
     )
     _wait_ready(installation)
     print(f"helm install -> operator and webhook ready in {time.monotonic() - started:.1f}s")
-    state = Release(cluster=cluster, values=values, installation=installation)
+    state = Release(cluster=cluster, values=values, installation=installation, adopted_crds=adopted)
     try:
         yield state
     finally:
@@ -242,6 +246,9 @@ def test_helm_upgrade_upgrades_the_crd_and_the_new_field_is_served(release: Rele
             "--values",
             str(release.values),
             "--wait",
+            # Adopted CRDs: their fields belong to kubectl's client-side apply until Helm's
+            # server-side apply takes them over (the README's migration step says so).
+            *(["--force-conflicts"] if release.adopted_crds else []),
         )
         schema = kubectl_json(cluster, "get", "crd", CRDS[0])["spec"]["versions"][0]["schema"]
         assert NEW_FIELD in schema["openAPIV3Schema"]["properties"]
