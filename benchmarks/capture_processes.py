@@ -108,6 +108,7 @@ def engine_main(argv: Sequence[str]) -> None:
                 "ready_rss_kib": ready_rss,
                 "peak_rss_kib": peak_rss,
                 "cpu_seconds": time.process_time() - ready_cpu,
+                "chunks_direct_and_cached": writer.chunks_written,
             }
         ),
         flush=True,

@@ -12,10 +12,11 @@ Arkime's ``pcapWriteMethod=direct`` does for the same reason. Captured files are
 upload, so the page cache has nothing to offer them.
 
 Why a writer thread: a direct write returns when the device has the data, and a device shared with
-other pods can take tens of milliseconds to answer. Meanwhile the capture thread keeps filling the
-next staging chunk from the ring; up to ``queue_chunks`` filled chunks wait for the writer (about
-16 MiB: the memory the capture pays for riding out the device's hiccups). ``os.write`` releases the
-GIL, so the two overlap.
+other pods can take tens of milliseconds to answer, or seconds when it is saturated. Meanwhile the
+capture thread keeps filling the next staging chunk from the ring; up to ``queue_chunks`` filled
+chunks wait for the writer (16 MiB). ``os.write`` releases the GIL, so the two overlap. When the
+device falls further behind, the writer sends chunks through the page cache until it has caught up
+(:meth:`AlignedFile._write_chunks`): the page cache is then the buffer, as it is for tcpdump.
 
 ``O_DIRECT`` needs the buffer, the file offset and the length aligned to the device's logical block
 size: records are assembled in place in a page-aligned staging chunk (:attr:`AlignedFile.buffer`),
@@ -43,6 +44,17 @@ DEFAULT_QUEUE_CHUNKS: Final = 16
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def write_direct(*, direct: bool, backlog: int, behind: int, caught_up: int) -> bool:
+    """Whether the next chunk is written past the page cache, given the chunks still waiting.
+
+    Through the page cache from ``behind`` waiting chunks on, past it again from ``caught_up`` or
+    fewer: two thresholds, so the writer does not switch on every chunk.
+    """
+    if direct:
+        return backlog < behind
+    return backlog <= caught_up
 
 
 class AlignedFile:
@@ -74,6 +86,9 @@ class AlignedFile:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         self._closed = False
         self.direct = self._set_direct(True)
+        self._direct_supported = self.direct
+        self.direct_chunks = 0  # chunks written past the page cache, and through it (a slow device)
+        self.cached_chunks = 0
         self.buffer = mmap.mmap(-1, self._chunk_size)
         self.used = 0
         # Chunks are made when first needed (an idle capture pays for one) and reused after that.
@@ -105,16 +120,33 @@ class AlignedFile:
                 # Accepted by fcntl, refused by the filesystem's write path: go through the page cache.
                 if error.errno != errno.EINVAL or not self.direct:
                     raise
-                self.direct = self._set_direct(False)
+                self.direct = self._direct_supported = self._set_direct(False)
                 continue
             view = view[written:]
 
     def _write_chunks(self) -> None:
-        """The writer thread: filled chunks in order, each back to the free pool once written."""
+        """The writer thread: filled chunks in order, each back to the free pool once written.
+
+        When the device falls behind (half the queue waiting), chunks go through the page cache,
+        which takes them at memory speed, until the queue is short again: the capture thread never
+        waits for a slow device while there is memory for the page cache, as tcpdump's writes do.
+        """
+        behind, caught_up = max(1, self._queue_chunks // 2), 1
         while (item := self._filled.get()) is not None:
             chunk, length = item
             try:
                 if self._error is None:
+                    if self._direct_supported:
+                        backlog = self._filled.qsize()
+                        wanted = write_direct(
+                            direct=self.direct, backlog=backlog, behind=behind, caught_up=caught_up
+                        )
+                        if wanted != self.direct:
+                            self.direct = self._set_direct(wanted)
+                    if self.direct:
+                        self.direct_chunks += 1
+                    else:
+                        self.cached_chunks += 1
                     with memoryview(chunk) as staged:
                         self._write_all(staged[:length])
             except BaseException as error:  # noqa: BLE001 - handed to the capture thread
@@ -180,6 +212,11 @@ class AlignedFile:
             self.buffer.close()
             while not self._free.empty():
                 self._free.get_nowait().close()
+
+    @property
+    def direct_supported(self) -> bool:
+        """Whether the filesystem takes ``O_DIRECT`` writes of this file."""
+        return self._direct_supported
 
     @property
     def closed(self) -> bool:

@@ -106,8 +106,13 @@ class PcapWriter:
 
     @property
     def writes_past_page_cache(self) -> bool:
-        """Whether the filesystem took ``O_DIRECT`` (else the chunks go through the page cache)."""
-        return self._file.direct
+        """Whether the filesystem takes ``O_DIRECT`` (else every chunk goes through the page cache)."""
+        return self._file.direct_supported
+
+    @property
+    def chunks_written(self) -> tuple[int, int]:
+        """Chunks written so far past the page cache, and through it (all, or while the device lagged)."""
+        return self._file.direct_chunks, self._file.cached_chunks
 
     def write(self, seconds: int, nanoseconds: int, data: bytes, original_length: int) -> int:
         """Append one record; returns its ``incl_len`` (the packet-data bytes written)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kpcap.pcap import PcapWriter, Record, iter_pcap_records, pcap_bytes
-from kpcap.pcap.direct_file import ALIGNMENT, AlignedFile
+from kpcap.pcap.direct_file import ALIGNMENT, AlignedFile, write_direct
 
 DIRECT_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
 
@@ -78,6 +78,7 @@ def test_direct_and_page_cache_writes_hold_the_bytes_given(tmp_path: Path, ramfs
             assert not writer.writes_past_page_cache  # refused there: the page cache path
         elif _filesystem_of(tmp_path) in DIRECT_FILESYSTEMS:
             assert writer.writes_past_page_cache
+            assert sum(writer.chunks_written) > 0
 
 
 def test_many_chunks_through_a_short_queue_keep_their_order(tmp_path: Path) -> None:
@@ -110,3 +111,27 @@ def test_a_full_disk_is_an_error_naming_the_file(small_tmpfs: Path) -> None:
         write_more_than_there_is_room_for()
     assert "No space left" in str(raised.value)
     writer.close()  # closing again after the error neither hangs nor raises
+
+
+def test_a_lagging_device_sends_chunks_through_the_page_cache_until_caught_up() -> None:
+    decisions = []
+    direct = True
+    for backlog in (0, 3, 7, 8, 9, 5, 2, 1, 0, 4, 8):
+        direct = write_direct(direct=direct, backlog=backlog, behind=8, caught_up=1)
+        decisions.append(direct)
+    assert decisions == [True, True, True, False, False, False, False, True, True, True, False]
+
+
+def test_chunks_switching_between_direct_and_cached_writes_keep_the_bytes(tmp_path: Path) -> None:
+    # A two-chunk queue and a producer faster than direct writes: chunks take both paths.
+    path = tmp_path / "mixed.bin"
+    generator = random.Random(3)
+    chunks = [generator.randbytes(ALIGNMENT * 64 + number) for number in range(200)]
+    file = AlignedFile(path=path, headroom=ALIGNMENT * 70, chunk_bytes=ALIGNMENT * 64, queue_chunks=2)
+    for chunk in chunks:
+        file.buffer[file.used : file.used + len(chunk)] = chunk
+        file.used += len(chunk)
+        file.flush_chunks()
+    file.close()
+    assert path.read_bytes() == b"".join(chunks)
+    assert file.direct_chunks + file.cached_chunks >= 199
