@@ -280,6 +280,8 @@ def run(
         )
         return None
     if phase in (NodePhase.RUNNING, NodePhase.UPLOADING):
+        if opened is not None:
+            opened.close()  # not capturing again: no ring filling up while the upload or handover runs
         if not cfg.pcap_path.exists():
             # A replacement pod (new emptyDir): the previous one may still be uploading in its grace
             # period, so give it the time to report before calling the node failed.
