@@ -22,6 +22,7 @@ from kpcap.pcap.pcapng_blocks import (
     enhanced_packet_block,
     interface_description_block,
     interface_statistics_block,
+    name_record,
     name_resolution_block,
     section_header_block,
 )
@@ -58,6 +59,37 @@ def node_interface(
     )
 
 
+class NameRecords:
+    """The name records of a file: each (address, name) pair once, and none before the first
+    interface block (mergecap 4.0 cannot copy a name block that comes before every interface
+    block: "can't be written as a pcapng file"). A file with no interface gets none."""
+
+    def __init__(self) -> None:
+        self._known: set[tuple[str, str]] = set()
+        self._held: list[tuple[str, str]] = []
+        self._interfaces_out = False
+
+    def add(self, names: Iterable[tuple[str, str]]) -> bytes:
+        """The block to write now for the new pairs among ``names`` (b"" if none, or held)."""
+        for pair in dict.fromkeys(names):
+            if pair not in self._known:
+                name_record(*pair)  # a bad address fails here, naming it, not when released
+                self._known.add(pair)
+                self._held.append(pair)
+        return self._release() if self._interfaces_out else b""
+
+    def interface_written(self) -> bytes:
+        """The block of the names held until now (call after writing an interface block)."""
+        self._interfaces_out = True
+        return self._release()
+
+    def _release(self) -> bytes:
+        if not self._held:
+            return b""
+        held, self._held = self._held, []
+        return name_resolution_block(held)
+
+
 class _Counts:
     __slots__ = ("first_ns", "last_ns", "packets")
 
@@ -78,7 +110,7 @@ class PcapngWriter:
         self._file: Final = file
         self._interfaces: list[InterfaceInfo] = []
         self._counts: list[_Counts] = []
-        self._names: set[tuple[str, str]] = set()
+        self._names = NameRecords()
         self.packets = 0
         self.packet_bytes = 0
         self.bytes_written = 0
@@ -99,7 +131,7 @@ class PcapngWriter:
         """Describe an interface; returns its id for :meth:`write_packet`."""
         if not 1 <= interface.snaplen <= 0x7FFFFFFF:
             raise ValueError(f"snaplen must be in 1..2**31-1, got {interface.snaplen}")
-        self._write(interface_description_block(interface))
+        self._write(interface_description_block(interface) + self._names.interface_written())
         self._interfaces.append(interface)
         self._counts.append(_Counts())
         return len(self._interfaces) - 1
@@ -139,11 +171,10 @@ class PcapngWriter:
 
     def write_names(self, names: Iterable[tuple[str, str]]) -> None:
         """Name records for (address, name) pairs not written yet (pods as ``<namespace>/<pod>``,
-        nodes by their names); IPv4 or IPv6 addresses."""
-        new = [pair for pair in dict.fromkeys(names) if pair not in self._names]
-        if new:
-            self._write(name_resolution_block(new))
-            self._names.update(new)
+        nodes by their names); IPv4 or IPv6 addresses. Before any interface, they are held until
+        the first (:class:`NameRecords`)."""
+        if block := self._names.add(names):
+            self._write(block)
 
     def write_statistics(self, *, interface_id: int, statistics: InterfaceStatistics) -> None:
         self._write(interface_statistics_block(interface_id=interface_id, statistics=statistics))

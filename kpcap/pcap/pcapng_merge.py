@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from kpcap.pcap.classic import PcapFormatError, PcapHeader
 from kpcap.pcap.merge import merge, merge_packets, merged_records
+from kpcap.pcap.pcapng import NameRecords
 from kpcap.pcap.pcapng_blocks import (
     InterfaceInfo,
     InterfaceStatistics,
@@ -25,7 +26,6 @@ from kpcap.pcap.pcapng_blocks import (
     enhanced_packet_block,
     interface_description_block,
     interface_statistics_block,
-    name_resolution_block,
     section_header_block,
 )
 from kpcap.pcap.pcapng_reader import (
@@ -76,21 +76,18 @@ class _Output:
     def __init__(self) -> None:
         self.pending = bytearray()
         self.interfaces: list[InterfaceInfo] = []
-        self.names: set[tuple[str, str]] = set()
+        self.names = NameRecords()
         self.statistics: dict[int, InterfaceStatistics] = {}
         self.packets: list[int] = []
 
     def add_interface(self, interface: InterfaceInfo) -> int:
-        self.pending += interface_description_block(interface)
+        self.pending += interface_description_block(interface) + self.names.interface_written()
         self.interfaces.append(interface)
         self.packets.append(0)
         return len(self.interfaces) - 1
 
     def add_names(self, names: Iterable[tuple[str, str]]) -> None:
-        new = [pair for pair in dict.fromkeys(names) if pair not in self.names]
-        if new:
-            self.pending += name_resolution_block(new)
-            self.names.update(new)
+        self.pending += self.names.add(names)
 
 
 def _classic_packets(source: ClassicInput, output: _Output) -> Iterator[PcapngPacket]:

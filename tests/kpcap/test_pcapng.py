@@ -225,3 +225,16 @@ def test_bad_arguments_name_the_field() -> None:
         ValueError, match=r"interface_id must be an added interface's id \(none added yet\), got 0"
     ):
         writer.write_packet(interface_id=0, timestamp_ns=0, data=b"x")
+
+
+def test_names_given_before_any_interface_follow_the_first_one(tmp_path: Path) -> None:
+    require_tools()
+    path = tmp_path / "names-first.pcapng"
+    with path.open("wb") as file:
+        writer = PcapngWriter(file=file, section=capture_section(capture_id="u", namespace="n", name="c"))
+        writer.write_names([("198.18.200.1", "n/client")])  # mergecap 4.0 refuses an NRB before every IDB
+        writer.add_interface(node_interface(node="node-1", interface="eth0"))
+        writer.write_packet(interface_id=0, timestamp_ns=START, data=udp_frame(payload_length=10))
+        writer.finish(timestamp_ns=START)
+    assert tshark_fields(path, "ip.src_host", options=("-N", "n")) == [["n/client"]]
+    check_tools_read(path, tmp_path)
