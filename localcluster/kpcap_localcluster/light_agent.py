@@ -35,7 +35,7 @@ from kpcap_localcluster.hollow_runtime import Json, Timer, Timers, token_view
 if TYPE_CHECKING:
     from kpcap.destinations import Destination
     from kpcap.storage.base import ObjectStore
-    from kpcap_agent.agent import AgentConfig
+    from kpcap_agent.agent_config import AgentConfig
     from kpcap_agent.report import CaptureApi
 
 log = logging.getLogger("hollow.agent")
@@ -159,7 +159,7 @@ class LightAgent:
     # --- steps ----------------------------------------------------------------------------------
 
     def begin(self) -> None:
-        from kpcap_agent.agent import AgentConfig
+        from kpcap_agent.agent_config import AgentConfig
         from kpcap_agent.report import CaptureApi, CaptureNotFoundError, NodeReport
 
         if self._finishing:
