@@ -81,8 +81,9 @@ _END_OF_OPTIONS: Final = b"\x00\x00\x00\x00"
 _PADDING: Final = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 # What the EPB options of a packet with flags add: one option of 4 bytes and the end marker.
 _FLAG_OPTIONS: Final = {
-    flags: _OPTION_HEADER.pack(EPB_FLAGS, 4) + _U32.pack(flags) + _END_OF_OPTIONS for flags in range(32)
+    flags: _OPTION_HEADER.pack(EPB_FLAGS, 4) + _U32.pack(flags) + _END_OF_OPTIONS for flags in range(1, 32)
 }
+_FLAG_OPTIONS[0] = b""  # no direction known: no options at all
 
 
 def packet_flags(packet_type: int) -> int:

@@ -106,7 +106,7 @@ def test_tshark_shows_node_interface_direction_and_names(tmp_path: Path) -> None
     assert [row[0] for row in rows] == [name for name, *_ in written]
     assert [row[0] for row in rows[:2]] == ["node-1/eth0", "node-2/veth1a2b"]
     # inbound (1) for host, broadcast, multicast, otherhost; outbound (2) for outgoing; 0 unknown
-    assert [int(row[1], 16) for row in rows] == [1, 2, 1, 1, 1, 0]
+    assert [int(row[1] or "0", 16) for row in rows] == [1, 2, 1, 1, 1, 0]  # 0: no epb_flags
     assert [int(row[2] or 0) for row in rows] == [1, 0, 3, 2, 4, 0]
     assert [row[3] for row in rows] == [f"{t // 10**9}.{t % 10**9:09d}" for _, t, _, _ in written]
     assert [int(row[4]) for row in rows] == [64, 142, 64, 142, 64, len(ipv6_frame(5))]  # snaplen 64 on node-1
@@ -238,3 +238,22 @@ def test_names_given_before_any_interface_follow_the_first_one(tmp_path: Path) -
         writer.finish(timestamp_ns=START)
     assert tshark_fields(path, "ip.src_host", options=("-N", "n")) == [["n/client"]]
     check_tools_read(path, tmp_path)
+
+
+def test_reads_a_big_endian_file_with_microsecond_default_resolution() -> None:
+    def block(block_type: int, body: bytes) -> bytes:
+        return struct.pack(">II", block_type, 12 + len(body)) + body + struct.pack(">I", 12 + len(body))
+
+    shb = block(0x0A0D0D0A, struct.pack(">IHHq", 0x1A2B3C4D, 1, 0, -1))
+    name = b"n/eth0\x00\x00"  # 6 bytes and padding
+    idb = block(1, struct.pack(">HHI", 1, 0, 1500) + struct.pack(">HH", 2, 6) + name + b"\x00" * 4)
+    timestamp_us = 1_700_000_000_654_321
+    epb = block(
+        6, struct.pack(">IIIII", 0, timestamp_us >> 32, timestamp_us & 0xFFFFFFFF, 3, 60) + b"abc\x00"
+    )
+    reader = PcapngReader([shb + idb + epb], strict=True)
+    assert reader.section.byte_order == ">"
+    events = list(reader)
+    assert isinstance(events[0], PcapngInterface)
+    assert events[0].info.name == "n/eth0"
+    assert events[1] == PcapngPacket(timestamp_us * 1000, b"abc", 60, 0, 0)
