@@ -130,7 +130,10 @@ def merge_pcapng(
     chunk_size: int = CHUNK_SIZE,
 ) -> Iterator[bytes]:
     """The merged pcapng, as chunks of about ``chunk_size`` bytes: one section (``section``),
-    name records for ``names`` ((address, name): pods and nodes) and those the inputs hold."""
+    name records for ``names`` ((address, name): pods and nodes) and those the inputs hold.
+
+    Raises PcapFormatError (before anything is sent) when no input describes an interface.
+    """
     output = _Output()
     pending = output.pending
     pending += section_header_block(section)
@@ -152,6 +155,10 @@ def merge_pcapng(
         if len(pending) >= chunk_size:
             yield bytes(pending)
             pending.clear()
+    if not counts:
+        # Nothing was sent yet (no packet without an interface). A pcapng of no interface is one
+        # mergecap 4.0 refuses ("can't be written as a pcapng file"): not a file kpcap writes.
+        raise PcapFormatError("no files to merge, or none describes an interface")
     for interface_id, packets in enumerate(counts):
         statistics = output.statistics.get(interface_id) or InterfaceStatistics(
             timestamp_ns=last_ns, delivered=packets

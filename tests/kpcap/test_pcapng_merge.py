@@ -224,6 +224,14 @@ def test_link_types_that_differ_cannot_make_one_classic_pcap() -> None:
         b"".join(merge_pcap([merge_input([stream.getvalue()], interface_name="-")]))
 
 
+def test_no_interface_at_all_is_an_error_not_a_file_mergecap_refuses() -> None:
+    with pytest.raises(PcapFormatError, match="no files to merge, or none describes an interface"):
+        b"".join(merge_pcapng([], section=SECTION, names=NAMES))
+    only_a_section = merge_input([section_header_block(SECTION)], interface_name="-")
+    with pytest.raises(PcapFormatError, match="none describes an interface"):
+        b"".join(merge_pcapng([only_a_section], section=SECTION))
+
+
 def generated_input(*, packets: int, offset: int, pcapng: bool) -> Iterator[bytes]:
     """An input made as it is read (its size costs no memory): classic or pcapng, 64 KiB chunks."""
     frame = udp_frame(payload_length=200)
