@@ -319,7 +319,13 @@ def test_helm_uninstall_during_a_full_capture_leaves_nothing_but_the_uploads(rel
 
         # Nothing of kpcap is left but its kept CRDs...
         assert _items(cluster, "pcaps", "--all-namespaces") == []
-        assert _items(cluster, "packetcapturereports", "--all-namespaces") == []
+        # The nodes' reports go with their capture by ownerReference: the garbage collector's
+        # work, asynchronous (as the pods' below).
+        wait_for(
+            lambda: _items(cluster, "packetcapturereports", "--all-namespaces") == [],
+            timeout=60,
+            what="the capture's reports garbage-collected",
+        )
         for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
             assert cluster.kubectl("get", kind, "kpcap.io", check=False).returncode != 0, kind
         assert (
