@@ -49,7 +49,10 @@ def test_what_main_used_to_read_itself_is_in_the_settings() -> None:
     assert (settings.api_tls_enabled, settings.api_tls_cert_file) == (True, "/etc/kpcap/api-tls/tls.crt")
     assert (settings.readiness_port, settings.log_format) == (8082, "json")
     assert settings.watch_namespaces == ("team-a", "team-b")
-    assert (settings.leader_lease, settings.pod_name) == ("kpcap-operator-leader", "kpcap-operator-7d9f-abcde")
+    assert (settings.leader_lease, settings.pod_name) == (
+        "kpcap-operator-leader",
+        "kpcap-operator-7d9f-abcde",
+    )
     assert settings.webhook_config_managed is False
     assert settings.liveness_endpoint == "http://0.0.0.0:8081/healthz"
     assert (settings.agent_cpu_request, settings.agent_memory_request, settings.agent_memory_limit) == (
