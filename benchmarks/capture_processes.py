@@ -108,6 +108,8 @@ def engine_main(argv: Sequence[str]) -> None:
                 "ready_rss_kib": ready_rss,
                 "peak_rss_kib": peak_rss,
                 "cpu_seconds": time.process_time() - ready_cpu,
+                "cpu_user_system_seconds": _user_system(),
+                "capture_thread_cpu_seconds": _thread_cpu(),
                 "chunks_direct_and_cached": writer.chunks_written,
             }
         ),
@@ -191,6 +193,16 @@ class Engine:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def _user_system() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def _thread_cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime, usage.ru_stime
 
 
 def _cpu_seconds(pid: int) -> float:

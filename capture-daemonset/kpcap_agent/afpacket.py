@@ -54,9 +54,16 @@ from dataclasses import dataclass
 from typing import Final
 
 from kpcap.filters import TPID_8021Q, VLAN_TAG_LENGTH
-from kpcap.pcap import DEFAULT_SNAPLEN, RecordTuple
+from kpcap.pcap import DEFAULT_SNAPLEN, RecordTuple, StagedRecordWriter
 from kpcap_agent.bpf import Instruction, live_program, sampling_check
 from kpcap_agent.copies import CopyFilter, CopyPolicy
+from kpcap_agent.ring_records import (
+    ANY_INTERFACE,
+    FIRST_INTERFACE,
+    FRAME_HEADER,
+    copy_block_records,
+    frames_of_copied_block,
+)
 
 # Linux ABI constants (linux/if_packet.h, asm-generic/socket.h, linux/filter.h).
 SOL_PACKET: Final = 263
@@ -76,14 +83,13 @@ _TPACKET_REQ3: Final = struct.Struct("=7I")
 _TPACKET_STATS_V3: Final = struct.Struct("=3I")
 _BLOCK_STATUS_OFFSET: Final = 8
 _BLOCK_HEADER: Final = struct.Struct("=4x4xIII")  # block status, frame count, offset of the first frame
-# Fields read from a frame: the 48-byte tpacket3_hdr, then the sockaddr_ll after it. In order:
-# next offset, seconds, nanoseconds, snaplen, len, status, mac offset, vlan tci, vlan tpid, ifindex
-# (skipped: net offset, rxhash, padding, sll family and protocol).
-_FRAME_HEADER: Final = struct.Struct("=6IH2x4xIH10x4xi")
 _VLAN_TAG: Final = struct.Struct("!HH")
 # The live source's copy check while a single interface has been seen (see LiveSource).
-_NO_INTERFACE_YET: Final = -1
+_NO_INTERFACE_YET: Final = FIRST_INTERFACE
 _CHECK_EVERY_FRAME: Final = -2
+# Blocks that go the general way after one the fast path could not take (a VLAN tag, say): traffic
+# like that one tends to go on, and each try costs a partial copy.
+_GENERAL_PATH_BLOCKS: Final = 64
 _COPY_REPLAY_BYTES: Final = 4 << 20
 
 
@@ -157,8 +163,13 @@ class LiveSource:
         self._rejected = 0
         # The only interface seen so far while the copy check is dormant, or a marker (module top).
         self._quiet_interface: int = _NO_INTERFACE_YET
-        self._replay: deque[tuple[list[RecordTuple], int]] = deque()  # frames, ring bytes
+        # Frames kept for the dormant copy check: frame lists of general-path blocks, or copies of
+        # fast-path blocks (raw bytes, frame count, first frame's offset); with their ring bytes.
+        self._replay: deque[tuple[list[RecordTuple] | tuple[bytes, int, int], int]] = deque()
         self._replay_bytes = 0
+        self._view = memoryview(ring)
+        self._general_blocks_left = 0
+        self.fast_blocks = 0  # blocks that went the fast path (kpcap_agent.ring_records)
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -182,7 +193,7 @@ class LiveSource:
         first_offset = offset
         frames: list[RecordTuple] = []
         append = frames.append
-        unpack_header = _FRAME_HEADER.unpack_from
+        unpack_header = FRAME_HEADER.unpack_from
         copy_filter = self._copy_filter
         recheck = self._recheck
         quiet = self._quiet_interface
@@ -236,7 +247,59 @@ class LiveSource:
             self._keep_for_replay(frames, offset - first_offset)
         return frames
 
-    def _keep_for_replay(self, frames: list[RecordTuple], size: int) -> None:
+    def copy_next_block(
+        self, *, writer: StagedRecordWriter, timeout: float, packet_room: int, byte_room: int
+    ) -> tuple[int, int] | None:
+        """The fast path (:mod:`kpcap_agent.ring_records`): the next block's frames straight into
+        ``writer``'s records; (packets, bytes) written, (0, 0) when no block came within
+        ``timeout``, None when the block must go through :meth:`next_frames` (nothing written then).
+
+        Taken only while the copy check is dormant or absent, no frame needs the userspace check,
+        and the whole block fits in ``packet_room`` packets and ``byte_room`` bytes.
+        """
+        if self._quiet_interface == _CHECK_EVERY_FRAME:
+            return None
+        if self._general_blocks_left:
+            self._general_blocks_left -= 1
+            return None
+        ring = self._ring
+        block_bytes = self._geometry.block_bytes
+        block_start = self._block_index * block_bytes
+        if not self._block_ready(block_start):
+            self._poller.poll(max(0, int(timeout * 1000)))
+            if not self._block_ready(block_start):
+                return 0, 0
+        _, frame_count, first_offset = _BLOCK_HEADER.unpack_from(ring, block_start)
+        if frame_count > packet_room:
+            return None
+        copy_filter = self._copy_filter
+        buffer, position = writer.stage(room=block_bytes)
+        copied = copy_block_records(
+            ring=ring,
+            view=self._view,
+            offset=block_start + first_offset,
+            frame_count=frame_count,
+            buffer=buffer,
+            position=position,
+            snaplen=writer.snaplen,
+            byte_room=byte_room,
+            interface=ANY_INTERFACE if copy_filter is None else self._quiet_interface,
+        )
+        if copied is None:
+            self._general_blocks_left = _GENERAL_PATH_BLOCKS
+            return None
+        writer.commit(end=copied.end, packets=copied.packets, packet_bytes=copied.packet_bytes)
+        self.fast_blocks += 1
+        if copy_filter is not None and frame_count:
+            self._quiet_interface = copied.interface
+            # One copy of the block (a memcpy), parsed only if a second interface ever shows up.
+            raw = self._ring[block_start : copied.frames_end]
+            self._keep_for_replay((raw, frame_count, first_offset), len(raw))
+        struct.pack_into("=I", ring, block_start + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
+        self._block_index = (self._block_index + 1) % self._geometry.block_count
+        return copied.packets, copied.packet_bytes
+
+    def _keep_for_replay(self, frames: list[RecordTuple] | tuple[bytes, int, int], size: int) -> None:
         """While the copy check is dormant, keep the latest frames to replay into it."""
         self._replay.append((frames, size))
         self._replay_bytes += size
@@ -245,8 +308,20 @@ class LiveSource:
 
     def _wake_copy_filter(self, copy_filter: CopyFilter, current_block: list[RecordTuple]) -> None:
         """A frame from a second interface: tell the copy check about the frames kept so far."""
-        for frames in (*(kept for kept, _ in self._replay), current_block):
-            for seconds, nanoseconds, data, original_length, interface_index in frames:
+        for kept in (*(kept for kept, _ in self._replay), current_block):
+            if isinstance(kept, tuple):
+                raw, frame_count, offset = kept
+                for timestamp_ns, data, original_length, interface_index in frames_of_copied_block(
+                    raw, frame_count=frame_count, offset=offset
+                ):
+                    copy_filter.is_copy(
+                        data=data,
+                        interface_index=interface_index,
+                        timestamp_ns=timestamp_ns,
+                        original_length=original_length,
+                    )
+                continue
+            for seconds, nanoseconds, data, original_length, interface_index in kept:
                 copy_filter.is_copy(
                     data=data,
                     interface_index=interface_index,
@@ -277,6 +352,7 @@ class LiveSource:
     def close(self) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._poller.unregister(self._socket.fileno())
+        self._view.release()
         self._ring.close()
         self._socket.close()
 

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 
-from kpcap.pcap import RecordSink, RecordTuple
-from kpcap_agent.sources import PacketSource, SourceExhausted
+from kpcap.pcap import RecordSink, RecordTuple, StagedRecordWriter
+from kpcap_agent.sources import BlockSource, PacketSource, SourceExhausted
 
 DEFAULT_POLL_INTERVAL = 0.2
 _ALL_ACCEPTED = itertools.repeat(True)  # the verdicts when there is no check
@@ -95,6 +95,11 @@ def run_capture(
     packet_bytes = 0
     rejected = 0
     reason: StopReason | None = None
+    # The live source's fast path (frames straight into the writer's records) where nothing needs a
+    # userspace check (kpcap_agent.ring_records); the general path below for everything else.
+    fast = accept is None and isinstance(source, BlockSource) and isinstance(writer, StagedRecordWriter)
+    block_source = source if fast and isinstance(source, BlockSource) else None
+    staged_writer = writer if fast and isinstance(writer, StagedRecordWriter) else None
     while reason is None:
         if stop_event.is_set():
             reason = StopReason.STOPPED
@@ -103,6 +108,18 @@ def run_capture(
         if remaining <= 0:
             reason = StopReason.TIME_LIMIT
             break
+        if block_source is not None and staged_writer is not None:
+            copied = block_source.copy_next_block(
+                writer=staged_writer,
+                timeout=min(remaining, poll_interval),
+                # Strictly below both limits: the general path below ends a capture exactly.
+                packet_room=packet_limit - packets - 1,
+                byte_room=byte_limit - packet_bytes - 1,
+            )
+            if copied is not None:
+                packets += copied[0]
+                packet_bytes += copied[1]
+                continue
         try:
             frames = source.next_frames(timeout=min(remaining, poll_interval))
         except SourceExhausted:

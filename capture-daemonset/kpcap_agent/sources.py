@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from kpcap.pcap import Record, RecordTuple, iter_pcap_records
+from kpcap.pcap import Record, RecordTuple, StagedRecordWriter, iter_pcap_records
 
 
 class SourceExhausted(Exception):  # noqa: N818 -- an end-of-stream signal, not an error
@@ -44,6 +44,18 @@ class PacketSource(Protocol):
 
     def rejected(self) -> int:
         """Frames the kernel filter passed but the source's own userspace check refused."""
+        ...
+
+
+@runtime_checkable
+class BlockSource(PacketSource, Protocol):
+    """A source that can also write a whole batch straight into a writer's staged records (the live
+    source's fast path, :mod:`kpcap_agent.ring_records`)."""
+
+    def copy_next_block(
+        self, *, writer: StagedRecordWriter, timeout: float, packet_room: int, byte_room: int
+    ) -> tuple[int, int] | None:
+        """(packets, bytes) written; (0, 0) on timeout; None: read this batch with next_frames."""
         ...
 
 

@@ -61,7 +61,7 @@ from kpcap.pcap.pcapng_reader import (
 )
 from kpcap.pcap.reader import CHUNK_SIZE, PcapRecords, iter_pcap_records
 from kpcap.pcap.record import Record, RecordTuple, TimedPacket
-from kpcap.pcap.writer import PcapWriter, RecordSink, RecordWriter, pcap_bytes
+from kpcap.pcap.writer import PcapWriter, RecordSink, RecordWriter, StagedRecordWriter, pcap_bytes
 
 __all__ = [
     "CHUNK_SIZE",
@@ -101,6 +101,7 @@ __all__ = [
     "RecordTuple",
     "RecordWriter",
     "SectionInfo",
+    "StagedRecordWriter",
     "TimedPacket",
     "capture_section",
     "global_header",

@@ -214,6 +214,11 @@ class AlignedFile:
                 self._free.get_nowait().close()
 
     @property
+    def capacity(self) -> int:
+        """Bytes a staging chunk holds (:attr:`flush_at`, the tail carried over, the headroom)."""
+        return self._chunk_size
+
+    @property
     def direct_supported(self) -> bool:
         """Whether the filesystem takes ``O_DIRECT`` writes of this file."""
         return self._direct_supported

@@ -15,10 +15,11 @@ was closed is on disk even if the node goes down right after.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self, runtime_checkable
 
 from kpcap.pcap.classic import (
     DEFAULT_SNAPLEN,
@@ -35,6 +36,9 @@ from kpcap.pcap.record import NANOSECONDS_PER_SECOND, RecordTuple, TimedPacket
 # BIG TCP included). The staging buffer reserves room for one such record; its pages cost memory
 # only when a record that large is written.
 MAX_RECORD_DATA: Final = 64 * DEFAULT_SNAPLEN
+# Room the staging buffer keeps for records laid out in place (:meth:`PcapWriter.stage`): the records
+# of one ring block of the live source (1 MiB blocks).
+STAGED_BLOCK_BYTES: Final = 1 << 20
 
 
 class RecordSink(Protocol):
@@ -49,6 +53,16 @@ class RecordSink(Protocol):
     def snaplen(self) -> int: ...
 
     def write_batch(self, records: Iterable[RecordTuple], /) -> int: ...
+
+
+@runtime_checkable
+class StagedRecordWriter(RecordSink, Protocol):
+    """A writer whose classic-pcap records (nanosecond timestamps, little endian) a source may lay
+    out in place: :meth:`PcapWriter.stage` and :meth:`PcapWriter.commit`."""
+
+    def stage(self, *, room: int) -> tuple[mmap.mmap, int]: ...
+
+    def commit(self, *, end: int, packets: int, packet_bytes: int) -> None: ...
 
 
 class RecordWriter(RecordSink, Protocol):
@@ -113,6 +127,30 @@ class PcapWriter:
     def chunks_written(self) -> tuple[int, int]:
         """Chunks written so far past the page cache, and through it (all, or while the device lagged)."""
         return self._file.direct_chunks, self._file.cached_chunks
+
+    def stage(self, *, room: int) -> tuple[mmap.mmap, int]:
+        """The staging buffer and the position from which up to ``room`` bytes of records may be
+        written in place: classic pcap records, nanosecond timestamps, little endian, no longer
+        than :attr:`snaplen`. Nothing counts until :meth:`commit`; what is not committed is
+        overwritten by the next records. For a source that lays out records itself
+        (``kpcap_agent.ring_records``)."""
+        file = self._file
+        if file.closed:
+            raise ValueError("write to a closed pcap file")
+        if file.used + room > file.capacity:
+            file.flush_chunks()
+            if file.used + room > file.capacity:
+                raise ValueError(f"room for at most {file.capacity - file.used} bytes, asked {room}")
+        return file.buffer, file.used
+
+    def commit(self, *, end: int, packets: int, packet_bytes: int) -> None:
+        """The records staged up to ``end`` are written: count them (see :meth:`stage`)."""
+        file = self._file
+        file.used = end
+        self.packets += packets
+        self.packet_bytes += packet_bytes
+        if end >= file.flush_at:
+            file.flush_chunks()
 
     def write(self, seconds: int, nanoseconds: int, data: bytes, original_length: int) -> int:
         """Append one record; returns its ``incl_len`` (the packet-data bytes written)."""
@@ -198,3 +236,4 @@ def pcap_bytes(
 
 if TYPE_CHECKING:
     _implements: type[RecordWriter] = PcapWriter  # mypy checks that PcapWriter fits the interface
+    _stages: type[StagedRecordWriter] = PcapWriter

@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import mmap
 import socket
-import struct
-from collections.abc import Sequence
 
 from scapy.layers.inet import IP
 from scapy.layers.l2 import Ether
 
 from kpcap_agent.afpacket import LiveSource, RingGeometry
 from kpcap_agent.copies import CopyFilter
+from tests.support.tpacket_ring import synthetic_ring
 from tests.support.udp import udp_frame
-
-
-def synthetic_ring(geometry: RingGeometry, blocks: Sequence[Sequence[tuple[int, bytes]]]) -> mmap.mmap:
-    """A TPACKET_V3 ring as the kernel fills it: blocks of (ifindex, frame), handed to user space."""
-    ring = mmap.mmap(-1, geometry.block_bytes * geometry.block_count)
-    mac_offset = 82  # where the kernel puts an Ethernet frame after tpacket3_hdr and sockaddr_ll
-    for block_number, frames in enumerate(blocks):
-        base, offset = block_number * geometry.block_bytes, 48
-        for number, (interface_index, data) in enumerate(frames):
-            size = (mac_offset + len(data) + 15) & ~15
-            next_offset = size if number < len(frames) - 1 else 0
-            header = (next_offset, 1_700_000_000, number, len(data), len(data), 1, mac_offset)
-            struct.pack_into("=6IH", ring, base + offset, *header)
-            struct.pack_into("=i", ring, base + offset + 52, interface_index)
-            ring[base + offset + mac_offset : base + offset + mac_offset + len(data)] = data
-            offset += size
-        struct.pack_into("=4x4xIII", ring, base, 1, len(frames), 48)  # TP_STATUS_USER
-    return ring
 
 
 def test_dormant_copy_check_catches_up_across_blocks() -> None:
