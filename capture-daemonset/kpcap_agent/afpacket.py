@@ -15,10 +15,11 @@ Why a TPACKET_V3 ring rather than ``recvmsg``: measured here, a Python ``recvmsg
 about 60k small frames/s (one syscall and one ``SIOCGIFNAME`` ioctl per frame, made by CPython to
 build the address), while the ring hands over a whole block of frames per wake-up with no syscall
 per frame, which keeps up with tcpdump (which uses the same ring). The ring is the socket's buffer:
-:class:`RingGeometry` (default 64 blocks of 1 MiB) absorbs bursts of about 460k small (60-byte) or
+:class:`RingGeometry` (default 128 blocks of 512 KiB) absorbs bursts of about 460k small (60-byte) or
 43k large (1442-byte) frames. 64 MiB rather than tcpdump's 32: a Python loop loses the CPU to the
 traffic's own softirq work more easily than tcpdump, and needs the deeper buffer to ride out bursts
-(measured in benchmarks/capture.py). The ring is mapped, so it counts in the RSS (~125 MB in all).
+(measured in benchmarks/capture.py). The ring is mapped, so it counts in the RSS (about 90 MB in all
+once open, under 100 MB at the end of a 500 MB capture).
 
 Interfaces. Default: every interface of the current network namespace except loopback, including
 interfaces created during the capture (pods' veths come and go), with one socket bound to all of
@@ -112,17 +113,36 @@ def _bind_all_protocols(sock: socket.socket, *, interface_index: int) -> None:
         raise OSError(error, f"bind AF_PACKET to ifindex {interface_index}: {os.strerror(error)}")
 
 
+RING_BYTES: Final = 64 << 20
+MIN_BLOCK_BYTES: Final = 256 << 10
+MAX_BLOCK_BYTES: Final = 1 << 20  # a block's records are staged in the writer at once (ring_records)
+_FRAME_SLACK: Final = 256  # a frame's place in a block beyond its data: tpacket3_hdr, sockaddr_ll, tag
+
+
 @dataclass(frozen=True, kw_only=True)
 class RingGeometry:
-    block_bytes: int = 1 << 20
-    block_count: int = 64
+    block_bytes: int = 512 << 10
+    block_count: int = RING_BYTES // (512 << 10)
     block_timeout_ms: int = 20  # a partly filled block is handed over after this long
 
     def __post_init__(self) -> None:
         if self.block_bytes % mmap.PAGESIZE or self.block_bytes & (self.block_bytes - 1):
             raise ValueError("block_bytes must be a power of two multiple of the page size")
+        if self.block_bytes > MAX_BLOCK_BYTES:
+            raise ValueError(f"block_bytes must be at most {MAX_BLOCK_BYTES}, got {self.block_bytes}")
         if self.block_count < 2:
             raise ValueError("block_count must be at least 2")
+
+    @classmethod
+    def for_snaplen(cls, snaplen: int) -> RingGeometry:
+        """A 64 MiB ring of the smallest blocks that hold a whole frame of ``snaplen`` bytes (at least
+        256 KiB): 512 KiB for the full 262144 bytes, as libpcap sizes tcpdump's. The kernel cuts a
+        frame longer than a block, so a block must hold the longest one kept; smaller blocks are
+        quicker to allocate when the socket opens (an order-8 allocation may need compaction)."""
+        block = MIN_BLOCK_BYTES
+        while block < snaplen + _FRAME_SLACK and block < MAX_BLOCK_BYTES:
+            block <<= 1
+        return cls(block_bytes=block, block_count=RING_BYTES // block)
 
 
 class LiveSource:
@@ -370,7 +390,7 @@ def open_live_source(
     exclude_interfaces: Sequence[str] = ("lo",),
     copy_policy: CopyPolicy = CopyPolicy.ONE_COPY,
     snaplen: int = DEFAULT_SNAPLEN,
-    geometry: RingGeometry = RingGeometry(),
+    geometry: RingGeometry | None = None,
     sample_one_in: int = 1,
 ) -> LiveSource:
     """Open the kernel capture in the calling thread's network namespace (module docstring).
@@ -398,6 +418,8 @@ def open_live_source(
         excluded = [present[name] for name in exclude_interfaces if name in present]
         names = tuple(sorted(name for name in present if name not in exclude_interfaces))
         bind_index = 0
+    if geometry is None:
+        geometry = RingGeometry.for_snaplen(snaplen)
     program = live_program(
         filter_expression=filter_expression,
         snaplen=snaplen,

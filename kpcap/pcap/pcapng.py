@@ -10,7 +10,6 @@ kernel drops), as dumpcap does.
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Iterable, Mapping
 from typing import BinaryIO, Final
 
@@ -29,6 +28,10 @@ from kpcap.pcap.pcapng_blocks import (
 
 
 def kpcap_version() -> str:
+    # Imported here: importlib.metadata costs 25 ms, and the agent imports this package before its
+    # capture socket opens.
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("kpcap")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed

@@ -302,6 +302,9 @@ class LatencyBench:
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
+    """The median for q 0.5 (what the target is checked on, :func:`p50`), else the nearest rank."""
+    if q == 0.5:
+        return statistics.median(values)
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
