@@ -41,7 +41,7 @@ from kpcap.pcap.pcapng_blocks import (
     TimestampScale,
     statistics_from_options,
 )
-from kpcap.pcap.reader import PcapRecords
+from kpcap.pcap.reader import ChunkedBytes, PcapRecords
 
 _SECTION_TYPE_BYTES: Final = struct.pack("<I", BLOCK_SECTION_HEADER)  # the same in both byte orders
 
@@ -107,34 +107,19 @@ class PcapngReader:
     """
 
     def __init__(self, chunks: Iterable[bytes], *, strict: bool = False) -> None:
-        self._chunks = iter(chunks)
+        self._input = ChunkedBytes(chunks)
+        self._take = self._input.take
         self._strict = strict
-        self._buffer = bytearray()
-        self._position = 0
         self._order = "<"
         self._scales: list[TimestampScale] = []
-        head = self._take(4)
-        self._position = 0
+        head = self._input.peek(4)
         first = self._next_block() if head is not None and is_pcapng(head) else None
         if first is None:
             raise PcapFormatError("not a pcapng file (it must start with a section header block)")
         self.section = self._section(first[1])
 
-    def _take(self, size: int) -> bytes | None:
-        while len(self._buffer) - self._position < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return None
-            if self._position:
-                del self._buffer[: self._position]
-                self._position = 0
-            self._buffer += chunk
-        start = self._position
-        self._position += size
-        return bytes(self._buffer[start : self._position])
-
     def _cut_short(self) -> None:
-        if self._strict and len(self._buffer) > self._position:
+        if self._strict and self._input.left_over:
             raise PcapFormatError("truncated pcapng block")
 
     def _next_block(self) -> tuple[int, bytes] | None:

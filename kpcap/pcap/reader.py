@@ -20,24 +20,17 @@ from kpcap.pcap.record import Record
 CHUNK_SIZE: Final = 64 * 1024
 
 
-class PcapRecords:
-    """The header and records of one PCAP given as an iterator of byte chunks (of any sizes).
+class ChunkedBytes:
+    """Exact-size reads from an iterator of byte chunks of any sizes, for the readers of both
+    formats; holds at most one chunk plus what one read asks for."""
 
-    Holds at most one chunk plus one record. An input cut short inside a record ends at its last
-    whole record; with ``strict`` that raises PcapFormatError instead (a file this process wrote and
-    closed must be whole).
-    """
-
-    def __init__(self, chunks: Iterable[bytes], *, strict: bool = False) -> None:
+    def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._strict = strict
         self._buffer = bytearray()
         self._position = 0
-        raw = self._take(GLOBAL_HEADER_SIZE)
-        self.header = parse_global_header(raw or bytes(self._buffer))
 
-    def _take(self, size: int) -> bytes | None:
-        """Exactly ``size`` bytes, or None at the end of the input (a partial tail is dropped)."""
+    def take(self, size: int) -> bytes | None:
+        """Exactly ``size`` bytes, or None at the end of the input (a partial tail is left over)."""
         while len(self._buffer) - self._position < size:
             chunk = next(self._chunks, None)
             if chunk is None:
@@ -49,6 +42,34 @@ class PcapRecords:
         start = self._position
         self._position += size
         return bytes(self._buffer[start : self._position])
+
+    def peek(self, size: int) -> bytes | None:
+        """:meth:`take` without consuming the bytes."""
+        data = self.take(size)
+        if data is not None:
+            self._position -= size
+        return data
+
+    @property
+    def left_over(self) -> bytes:
+        """What was read from the input but not taken (the partial tail at its end)."""
+        return bytes(self._buffer[self._position :])
+
+
+class PcapRecords:
+    """The header and records of one PCAP given as an iterator of byte chunks (of any sizes).
+
+    Holds at most one chunk plus one record. An input cut short inside a record ends at its last
+    whole record; with ``strict`` that raises PcapFormatError instead (a file this process wrote and
+    closed must be whole).
+    """
+
+    def __init__(self, chunks: Iterable[bytes], *, strict: bool = False) -> None:
+        self._input = ChunkedBytes(chunks)
+        self._take = self._input.take
+        self._strict = strict
+        raw = self._take(GLOBAL_HEADER_SIZE)
+        self.header = parse_global_header(raw or self._input.left_over)
 
     def _cut_short(self, what: str) -> None:
         if self._strict:
@@ -68,7 +89,7 @@ class PcapRecords:
                 self._cut_short("data")
                 return
             yield new(Record, (seconds, fraction * scale, data, original, 0))
-        if len(self._buffer) > self._position:
+        if self._input.left_over:
             self._cut_short("header")
 
 
