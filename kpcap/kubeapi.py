@@ -67,6 +67,42 @@ def request_json(
     return answer
 
 
+class ClientTransport:
+    """A ``kubernetes`` ApiClient as a :class:`kpcap.kubehttp.Transport` (a kubeconfig's or a test's
+    credentials): :func:`request_json`, with the client's errors turned into kpcap.kubehttp's."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        import urllib3
+        from kubernetes.client.rest import ApiException
+
+        from kpcap.kubehttp import ApiError, NotSent
+
+        try:
+            return request_json(self.api, method, path, body=body, content_type=content_type, query=query)
+        except ApiException as err:
+            raise ApiError(
+                status=int(err.status or 0), reason=str(err.reason), body=str(err.body or "")
+            ) from err
+        except urllib3.exceptions.HTTPError as err:
+            cause = err.reason if isinstance(err, urllib3.exceptions.MaxRetryError) else err
+            if isinstance(
+                cause, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+            ):
+                raise NotSent(str(err)) from err
+            raise ConnectionError(str(err)) from err  # sent, fate unknown
+
+
 def parse_time(text: str | None) -> datetime | None:
     """A timestamp the apiserver or kpcap wrote (RFC 3339, 'Z' or an offset); None for absent/empty."""
     if not text:

@@ -77,15 +77,20 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     source = _open_source(cfg)
-    # Only now: the Kubernetes client alone takes 0.3-1 s to import (kpcap_agent.agent imports it).
-    from kpcap.kubeapi import load_api_client
+    # Only now: the rest of the agent (its storage SDKs load in the background while it captures).
+    from kpcap.kubehttp import InClusterTransport, Transport
     from kpcap.model import NodePhase
     from kpcap_agent.agent import run
     from kpcap_agent.report import CaptureApi, NodeReport
 
-    api = CaptureApi(
-        load_api_client(), namespace=cfg.namespace, name=cfg.name, node=cfg.node, uid=cfg.capture_uid
-    )
+    # In a pod, the standard library's HTTPS (kpcap.kubehttp): the Kubernetes client is not imported
+    # before the first report. Elsewhere (a kubeconfig), the client.
+    transport: Transport | None = InClusterTransport.from_pod()
+    if transport is None:
+        from kpcap.kubeapi import ClientTransport, load_api_client
+
+        transport = ClientTransport(load_api_client())
+    api = CaptureApi(transport, namespace=cfg.namespace, name=cfg.name, node=cfg.node, uid=cfg.capture_uid)
     try:
         run(cfg=cfg, api=api, stop=stop, opened=source)
     except Exception as err:

@@ -15,15 +15,12 @@ and dropped instead of replacing it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import urllib3
-from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from kpcap.kubeapi import (
     API_VERSION,
@@ -34,9 +31,9 @@ from kpcap.kubeapi import (
     REPORT_KIND,
     REPORT_PLURAL,
     VERSION,
-    request_json,
     status_time,
 )
+from kpcap.kubehttp import ApiError, NotSent, Transport
 from kpcap.model import NodePhase
 from kpcap.names import capture_id, report_name
 
@@ -89,16 +86,18 @@ class CaptureNotFoundError(LookupError):
 
 
 class CaptureApi:
-    """The agent's adapter to Kubernetes; ``api`` comes from ``kpcap.kubeapi.load_api_client``.
+    """The agent's adapter to Kubernetes, over a :class:`kpcap.kubehttp.Transport` (in a pod the
+    standard-library one, so the Kubernetes client is never imported on the way to the first report;
+    else ``kpcap.kubeapi.ClientTransport``).
 
     ``uid`` is the capture's ``metadata.uid`` (the DaemonSet's KPCAP_CAPTURE_UID): the report's
     owner and, without dashes, the capture id in its name. Without it the capture is read once.
     """
 
     def __init__(
-        self, api: client.ApiClient, *, namespace: str, name: str, node: str, uid: str | None = None
+        self, transport: Transport, *, namespace: str, name: str, node: str, uid: str | None = None
     ) -> None:
-        self.api = api
+        self.transport = transport
         self.namespace, self.name, self.node = namespace, name, node
         self._uid = uid
 
@@ -119,7 +118,7 @@ class CaptureApi:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{self.name}"
         try:
             body: dict[str, Any] = self._call(path, "GET", query=[("resourceVersion", "0")] if cached else [])
-        except ApiException as err:
+        except ApiError as err:
             if err.status == 404:
                 raise CaptureNotFoundError(
                     f"PacketCapture {self.namespace}/{self.name} no longer exists"
@@ -131,7 +130,7 @@ class CaptureApi:
         """This node's report as stored (its ``status``); empty when there is none yet."""
         try:
             body = self._call(self._report_path(), "GET")
-        except ApiException as err:
+        except ApiError as err:
             if err.status == 404:
                 return {}
             raise
@@ -170,7 +169,7 @@ class CaptureApi:
             else:
                 self._patch(write)
                 landed = True
-        except ApiException as err:
+        except ApiError as err:
             if err.status in (404, 422) and write.content_type == JSON_PATCH:
                 # 422: the test op failed; 404: no report to move on from. Either way nothing to do.
                 log.info(
@@ -212,7 +211,7 @@ class CaptureApi:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{REPORT_PLURAL}"
         try:
             self._call(path, "POST", body=write.body)
-        except ApiException as err:
+        except ApiError as err:
             if err.status != 409:
                 raise
         else:
@@ -229,7 +228,7 @@ class CaptureApi:
         }
         try:
             self._call(self._report_path(), "PATCH", body=body, content_type=MERGE_PATCH)
-        except ApiException as err:
+        except ApiError as err:
             if err.status == 409:
                 log.info("%s's report moved on meanwhile: %s dropped", self.node, write.report)
                 return False
@@ -240,7 +239,7 @@ class CaptureApi:
         """A merge patch that finds no report creates it (a terminal report before any other)."""
         try:
             self._call(self._report_path(), "PATCH", body=write.body, content_type=write.content_type)
-        except ApiException as err:
+        except ApiError as err:
             if err.status != 404 or write.content_type != MERGE_PATCH:
                 raise
             created = self._new_report(write.body["status"])
@@ -262,11 +261,11 @@ class CaptureApi:
         delay = RETRY_DELAYS[0]
         while True:
             try:
-                return request_json(self.api, method, path, body=body, content_type=content_type, query=query)
-            except (ApiException, urllib3.exceptions.HTTPError) as err:
+                return self.transport.request(method, path, body=body, content_type=content_type, query=query)
+            except (ApiError, OSError, http.client.HTTPException) as err:
                 if not _retryable(err, read=method == "GET") or time.monotonic() + delay > deadline:
                     raise
-                what = f"HTTP {err.status}" if isinstance(err, ApiException) else type(err).__name__
+                what = f"HTTP {err.status}" if isinstance(err, ApiError) else type(err).__name__
                 log.warning("%s %s: %s; retrying in %.1f s", method, path, what, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_DELAYS[1])
@@ -281,18 +280,15 @@ class NodeWrite:
     body: Any
 
 
-def _retryable(err: ApiException | urllib3.exceptions.HTTPError, *, read: bool) -> bool:
+def _retryable(err: ApiError | OSError | http.client.HTTPException, *, read: bool) -> bool:
     """Whether a failed call may be sent again: a read after any passing failure, a write only when
     it never reached the apiserver or was turned away unapplied."""
-    if isinstance(err, ApiException):
+    if isinstance(err, ApiError):
         return err.status in (TRANSIENT_STATUS if read else NOT_APPLIED_STATUS)
-    if read:
-        return True
-    cause = err.reason if isinstance(err, urllib3.exceptions.MaxRetryError) else err
-    return isinstance(cause, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError)
+    return read or isinstance(err, NotSent)
 
 
-def _reason(err: ApiException) -> str:
+def _reason(err: ApiError) -> str:
     """The apiserver's own words (a failed ``test`` op is named in the Status's causes)."""
     try:
         status = json.loads(err.body or "{}")

@@ -159,6 +159,7 @@ class LightAgent:
     # --- steps ----------------------------------------------------------------------------------
 
     def begin(self) -> None:
+        from kpcap.kubeapi import ClientTransport
         from kpcap_agent.agent_config import AgentConfig
         from kpcap_agent.report import CaptureApi, CaptureNotFoundError, NodeReport
 
@@ -169,7 +170,10 @@ class LightAgent:
             self.env = self._environment()
             self.cfg = cfg = AgentConfig.from_env(self.env)
             self.api = api = CaptureApi(
-                token_view(self.agents.shared, token), namespace=cfg.namespace, name=cfg.name, node=cfg.node
+                ClientTransport(token_view(self.agents.shared, token)),
+                namespace=cfg.namespace,
+                name=cfg.name,
+                node=cfg.node,
             )
             try:
                 body = api.read()

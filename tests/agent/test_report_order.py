@@ -125,8 +125,8 @@ UID = "0123abcd-0000-4000-8000-00000000abcd"
 
 
 def _write_api(node: str) -> CaptureApi:
-    no_client: Any = None  # write_for only builds; nothing is sent
-    return CaptureApi(no_client, namespace="ns", name="c", node=node, uid=UID)
+    no_transport: Any = None  # write_for only builds; nothing is sent
+    return CaptureApi(no_transport, namespace="ns", name="c", node=node, uid=UID)
 
 
 def test_the_first_report_creates_the_nodes_report_owned_by_the_capture() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kpcap.kubeapi import ClientTransport
 from kpcap.model import CaptureStatus, NodePhase, parse_spec
 from kpcap_agent.report import CaptureApi, NodeReport
 from kpcap_localcluster.cluster import LocalCluster
@@ -39,7 +40,9 @@ def _created(captures: Captures) -> str:
 
 
 def _agent(captures: Captures, name: str, node: str = NODE) -> CaptureApi:
-    return CaptureApi(captures.agent_api.api_client, namespace=captures.namespace, name=name, node=node)
+    return CaptureApi(
+        ClientTransport(captures.agent_api.api_client), namespace=captures.namespace, name=name, node=node
+    )
 
 
 def _entry(captures: Captures, name: str, node: str = NODE) -> dict[str, Any]:

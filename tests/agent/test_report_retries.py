@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-import urllib3
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
+from kpcap.kubeapi import ClientTransport
+from kpcap.kubehttp import ApiError, NotSent
 from kpcap.model import NodePhase
 from kpcap_agent import report
 from kpcap_agent.report import CaptureApi, NodeReport, _retryable
@@ -60,7 +60,11 @@ def _api(host: str) -> CaptureApi:
     configuration.host = host
     configuration.retries = False  # the client's own retries would hide what is measured
     return CaptureApi(
-        client.ApiClient(configuration), namespace="ns", name="c", node="n1", uid="0123456789abcdef" * 2
+        ClientTransport(client.ApiClient(configuration)),
+        namespace="ns",
+        name="c",
+        node="n1",
+        uid="0123456789abcdef" * 2,
     )
 
 
@@ -80,7 +84,7 @@ def test_a_read_is_retried_and_gives_up_by_the_deadline(server: str, monkeypatch
     assert Answers.seen == ["GET", "GET", "GET"]
     monkeypatch.setattr(Answers, "unavailable", 10**6)
     monkeypatch.setattr(report, "RETRY_SECONDS", 0.2)
-    with pytest.raises(ApiException) as refused:
+    with pytest.raises(ApiError) as refused:
         _api(server).own_entry()
     assert refused.value.status == 503
 
@@ -90,18 +94,16 @@ def test_a_down_apiserver_is_retried_then_the_error_raised(monkeypatch: pytest.M
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed once the block ends: connections are refused
-    with pytest.raises(urllib3.exceptions.HTTPError):
+    with pytest.raises(NotSent):
         _api(f"http://127.0.0.1:{port}").report(NodeReport(phase=NodePhase.FAILED, error="x"))
 
 
 def test_a_write_whose_fate_is_unknown_is_not_sent_again() -> None:
-    lost = urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError())
+    lost = ConnectionResetError("Connection aborted.")  # sent, no answer: applied or not, unknown
     assert _retryable(lost, read=True)
     assert not _retryable(lost, read=False)
-    assert not _retryable(ApiException(status=500), read=False)
-    assert _retryable(ApiException(status=500), read=True)
-    assert _retryable(ApiException(status=503), read=False)
-    assert not _retryable(ApiException(status=422), read=True)
-    never_sent = urllib3.exceptions.NewConnectionError(None, "refused")  # type: ignore[arg-type]
-    refused = urllib3.exceptions.MaxRetryError(None, "/x", never_sent)  # type: ignore[arg-type]
-    assert _retryable(refused, read=False)
+    assert not _retryable(ApiError(status=500, reason="", body=""), read=False)
+    assert _retryable(ApiError(status=500, reason="", body=""), read=True)
+    assert _retryable(ApiError(status=503, reason="", body=""), read=False)
+    assert not _retryable(ApiError(status=422, reason="", body=""), read=True)
+    assert _retryable(NotSent("refused"), read=False)
