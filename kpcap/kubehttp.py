@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import ssl
 import threading
 import time
@@ -59,6 +60,15 @@ class Transport(Protocol):
     ) -> dict[str, Any]: ...
 
 
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection's socket is readable: the peer closed it (nothing else is due)."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
 class InClusterTransport:
     """The pod's ServiceAccount credentials over one kept-alive HTTPS connection (calls serialised)."""
 
@@ -90,6 +100,10 @@ class InClusterTransport:
         return self._token
 
     def _connected(self) -> http.client.HTTPSConnection:
+        if self._connection is not None and _closed_by_peer(self._connection):
+            # The apiserver closed the kept-alive connection while it was idle: a new one, before
+            # anything is sent (a request sent on a dead one could not be told from a lost answer).
+            self._close()
         if self._connection is None:
             connection = http.client.HTTPSConnection(
                 self._host, self._port, context=self._context, timeout=REQUEST_TIMEOUT_SECONDS
@@ -122,30 +136,24 @@ class InClusterTransport:
             data = json.dumps(body).encode()
             headers["Content-Type"] = content_type
         with self._lock:
-            reused = self._connection is not None
-            connection = self._connected()
             try:
-                connection.request(method, url, body=data, headers=headers)
-                response = connection.getresponse()
-                text = response.read().decode()
+                status, reason, text = self._exchange(method, url, data, headers)
             except (OSError, http.client.HTTPException):
-                self._close()
-                if not reused:
-                    raise
-                # A kept-alive connection the apiserver closed meanwhile: one fresh try, if this one
-                # was refused before anything was sent (the usual case, a closed idle socket).
-                connection = self._connected()
-                try:
-                    connection.request(method, url, body=data, headers=headers)
-                    response = connection.getresponse()
-                    text = response.read().decode()
-                except (OSError, http.client.HTTPException):
-                    self._close()
-                    raise
-        if response.status >= 400:
-            raise ApiError(status=response.status, reason=response.reason, body=text)
+                self._close()  # NotSent if it never connected; else sent, fate unknown
+                raise
+        if status >= 400:
+            raise ApiError(status=status, reason=reason, body=text)
         answer: dict[str, Any] = json.loads(text) if text else {}
         return answer
+
+    def _exchange(
+        self, method: str, url: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, str, str]:
+        """One request and its whole answer on the (kept-alive) connection: status, reason, text."""
+        connection = self._connected()
+        connection.request(method, url, body=data, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.reason, response.read().decode()
 
     def _close(self) -> None:
         if self._connection is not None:

@@ -74,8 +74,12 @@ class Captures:
         return self.get(name).get("status") or {}
 
     def wait_status(self, name: str, wanted: set[str], *, timeout: float = 30) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status.get("status") in wanted else None
+
         return wait_for(
-            lambda: (s := self.status(name)).get("status") in wanted and s,
+            reached,
             timeout=timeout,
             what=f"{name} to reach {wanted}",
         )

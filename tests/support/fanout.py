@@ -309,26 +309,61 @@ class FanoutBench:
         return run
 
 
-def one_run(
-    *, index: int, fleet: Fleet, bucket: str, operator_pid: int, time_limit: int, packets: int
-) -> Run:
+@dataclass(frozen=True, kw_only=True)
+class RunSetup:
+    """What one measured capture starts from: the load, the clients, the targets, a fresh name, the
+    audit log's position."""
+
+    load: str
+    custom: client.CustomObjectsApi
+    core: client.CoreV1Api
+    targets: list[str]
+    name: str
+    colo: str
+    destination: str
+    audit: AuditLog
+    marker: Any
+
+    def spec(self, *, time_limit: int, packets: int) -> dict[str, Any]:
+        return {
+            "type": "full",
+            "timeLimit": time_limit,
+            "packetLimit": packets,
+            "colo": self.colo,
+            "destinationConf": self.destination,
+        }
+
+
+def begin_run(*, fleet: Fleet, bucket: str, colo: str, prefix: str, index: int) -> RunSetup:
+    """Everything a benchmark's capture run needs before it applies the capture (load read first)."""
     cluster = fleet.cluster
     assert cluster.s3 is not None
     load = load_average()
     api = cluster.api_client()
     api.user_agent = BENCH_USER_AGENT
-    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-    targets = fleet.targets()
-    name = f"fanout-{index}-{secrets.token_hex(2)}"
-    spec = {
-        "type": "full",
-        "timeLimit": time_limit,
-        "packetLimit": packets,
-        "colo": TARGET_COLO,
-        "destinationConf": f"s3://{bucket}/fanout?region=us-east-1&endpoint={cluster.s3.endpoint}",
-    }
     audit = AuditLog(cluster.audit_log)
-    marker = audit.marker()
+    return RunSetup(
+        load=load,
+        custom=client.CustomObjectsApi(api),
+        core=client.CoreV1Api(api),
+        targets=fleet.targets(),
+        name=f"{prefix}-{index}-{secrets.token_hex(2)}",
+        colo=colo,
+        destination=f"s3://{bucket}/{prefix}?region=us-east-1&endpoint={cluster.s3.endpoint}",
+        audit=audit,
+        marker=audit.marker(),
+    )
+
+
+def one_run(
+    *, index: int, fleet: Fleet, bucket: str, operator_pid: int, time_limit: int, packets: int
+) -> Run:
+    cluster = fleet.cluster
+    assert cluster.s3 is not None
+    setup = begin_run(fleet=fleet, bucket=bucket, colo=TARGET_COLO, prefix="fanout", index=index)
+    load, custom, core, targets, name = setup.load, setup.custom, setup.core, setup.targets, setup.name
+    spec = setup.spec(time_limit=time_limit, packets=packets)
+    audit, marker = setup.audit, setup.marker
     cpu_before, _ = proc_usage(operator_pid)
     applied_wall = datetime.now(UTC)
     applied = time.monotonic()

@@ -22,7 +22,6 @@ limit (its report create + timeLimit) to the operator's write after the last age
 from __future__ import annotations
 
 import re
-import secrets
 import statistics
 import time
 from collections.abc import Sequence
@@ -30,13 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from kubernetes import client
-
 from kpcap.kubeapi import GROUP, PLURAL, REPORT_PLURAL, VERSION
 from kpcap.names import capture_id
 from kpcap_localcluster.cluster import ZONE_LABEL, LocalCluster, default_nodes
 from kpcap_operator.manifests import daemonset_name
-from tests.support.audit import AuditEntry, AuditLog
+from tests.support.audit import AuditEntry
 from tests.support.captures import capture_body
 from tests.support.fanout import (
     ADMIN_USER,
@@ -45,7 +42,7 @@ from tests.support.fanout import (
     BENCH_USER_AGENT,
     FanoutBench,
     _pods_gone,
-    load_average,
+    begin_run,
     wait_until,
 )
 from tests.support.kpcap_install import OPERATOR_NAMESPACE
@@ -244,22 +241,10 @@ class LatencyBench:
     def run(self, *, time_limit: int = 5, packets: int = 10000) -> LatencyRun:
         fleet, bucket = self.bench.fleet, self.bench.bucket
         cluster = fleet.cluster
-        assert cluster.s3 is not None
-        load = load_average()
-        api = cluster.api_client()
-        api.user_agent = BENCH_USER_AGENT
-        custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-        targets = fleet.targets()
-        name = f"latency-{len(self.runs) + 1}-{secrets.token_hex(2)}"
-        spec = {
-            "type": "full",
-            "timeLimit": time_limit,
-            "packetLimit": packets,
-            "colo": COLO,
-            "destinationConf": f"s3://{bucket}/latency?region=us-east-1&endpoint={cluster.s3.endpoint}",
-        }
-        audit = AuditLog(cluster.audit_log)
-        marker = audit.marker()
+        setup = begin_run(fleet=fleet, bucket=bucket, colo=COLO, prefix="latency", index=len(self.runs) + 1)
+        load, custom, core, targets, name = setup.load, setup.custom, setup.core, setup.targets, setup.name
+        spec = setup.spec(time_limit=time_limit, packets=packets)
+        audit, marker = setup.audit, setup.marker
         created = custom.create_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, PLURAL, capture_body(name, **spec)
         )
