@@ -168,7 +168,9 @@ def test_s3_stopped_during_uploads_and_back_within_the_retry_window_the_capture_
 ) -> None:
     cluster = captures.cluster
     bucket = new_bucket(cluster)
-    capture = captures.create(capture_body("s3-back", **full(cluster, bucket, timeLimit=4)))
+    # Room for the two agents to start seconds apart (after the apiserver's restart in the test
+    # before, one node's kubelet may take longer to see its pod): both must be running at once.
+    capture = captures.create(capture_body("s3-back", **full(cluster, bucket, timeLimit=10)))
     wait_reports(captures, "s3-back", {"running"}, COLO_A, timeout=60)
     for node in COLO_A:
         send(cluster, node, 4, f"s3-back-{node}")
