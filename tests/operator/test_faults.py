@@ -114,6 +114,12 @@ def full(cluster: LocalCluster, bucket: str, **overrides: Any) -> dict[str, Any]
     }
 
 
+# A time limit with room for the two agents to start seconds apart (a kubelet still backing off a
+# crashed sampler, or catching up after the apiserver's restart, starts its pod later): the cases
+# that act while both nodes are running must see them running at once.
+BOTH_RUNNING_SECONDS = 15
+
+
 def wait_reports(
     captures: Captures, name: str, phases: set[str], nodes: tuple[str, ...], timeout: float
 ) -> None:
@@ -168,9 +174,9 @@ def test_s3_stopped_during_uploads_and_back_within_the_retry_window_the_capture_
 ) -> None:
     cluster = captures.cluster
     bucket = new_bucket(cluster)
-    # Room for the two agents to start seconds apart (after the apiserver's restart in the test
-    # before, one node's kubelet may take longer to see its pod): both must be running at once.
-    capture = captures.create(capture_body("s3-back", **full(cluster, bucket, timeLimit=10)))
+    capture = captures.create(
+        capture_body("s3-back", **full(cluster, bucket, timeLimit=BOTH_RUNNING_SECONDS))
+    )
     wait_reports(captures, "s3-back", {"running"}, COLO_A, timeout=60)
     for node in COLO_A:
         send(cluster, node, 4, f"s3-back-{node}")
@@ -204,7 +210,9 @@ def test_s3_left_down_the_uploading_node_fails_naming_the_bucket_its_file_kept(c
     server stops; node 2 runs to its timeLimit and meets the outage."""
     cluster = captures.cluster
     bucket = new_bucket(cluster)
-    capture = captures.create(capture_body("s3-down", **full(cluster, bucket, timeLimit=8, packetLimit=5)))
+    capture = captures.create(
+        capture_body("s3-down", **full(cluster, bucket, timeLimit=BOTH_RUNNING_SECONDS, packetLimit=5))
+    )
     cid = capture_id(capture["metadata"]["uid"])
     wait_reports(captures, "s3-down", {"running"}, COLO_A, timeout=60)
     send(cluster, "kpcap-node-1", 5, "s3-down-first")
@@ -276,7 +284,9 @@ def test_a_sampler_killed_during_a_simple_capture_is_named_and_the_others_count(
 def test_a_node_lost_mid_capture_is_named_failed_the_other_succeeds(captures: Captures) -> None:
     cluster = captures.cluster
     bucket = new_bucket(cluster)
-    capture = captures.create(capture_body("node-lost", **full(cluster, bucket, timeLimit=5)))
+    capture = captures.create(
+        capture_body("node-lost", **full(cluster, bucket, timeLimit=BOTH_RUNNING_SECONDS))
+    )
     wait_reports(captures, "node-lost", {"running"}, COLO_A, timeout=60)
     send(cluster, "kpcap-node-1", 4, "node-lost")
     faults.kill_node(cluster, "kpcap-node-2")
