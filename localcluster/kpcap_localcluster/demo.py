@@ -15,15 +15,18 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import json
 import logging
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +140,26 @@ def simple_capture(cluster: LocalCluster, *, installation: Installation, output:
     token = cluster.kubectl("create", "token", "demo-user", "-n", "default").stdout.strip()
     address = installation.operator_pods()[0]["status"]["podIP"]
     pcap_id = capture_id(captured["metadata"]["uid"])
-    url = f"http://{address}:8000/client/v4/accounts/default/pcaps/{pcap_id}/download"
-    say(f"GET {url} (Authorization: Bearer <demo-user's token>)")
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 -- http to the pod
-        data = answer.read()
+    path = f"/client/v4/accounts/default/pcaps/{pcap_id}/download"
+    # The API serves HTTPS with the chart's CA, for its Service's name: the demo reaches the pod's
+    # address (no cluster DNS here) and checks the certificate against that name.
+    service = f"{installation.release}-api.{installation.namespace}.svc"
+    ca = cluster.kubectl(
+        "get", "secret", f"{installation.release}-ca", "-n", installation.namespace,
+        "-o", "jsonpath={.data.ca\\.crt}",
+    ).stdout  # fmt: skip
+    context = ssl.create_default_context(cadata=base64.b64decode(ca).decode())
+    say(f"GET https://{address}:8000{path} (TLS as {service}; Authorization: Bearer <demo-user's token>)")
+    connection = http.client.HTTPSConnection(address, 8000, timeout=30, context=context)
+    connection.sock = context.wrap_socket(
+        socket.create_connection((address, 8000), timeout=30), server_hostname=service
+    )
+    connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+    answer = connection.getresponse()
+    data = answer.read()
+    connection.close()
+    if answer.status != 200:
+        raise RuntimeError(f"download answered {answer.status}: {data[:300]!r}")
     downloaded = output / f"pcap_{pcap_id}.pcap"
     downloaded.write_bytes(data)
     decoded = subprocess.run(
