@@ -201,13 +201,26 @@ class LiveSource:
         (status,) = struct.unpack_from("=I", self._ring, block_start + _BLOCK_STATUS_OFFSET)
         return bool(status & TP_STATUS_USER)
 
-    def next_frames(self, *, timeout: float) -> list[RecordTuple]:
-        ring = self._ring
+    def _next_block(self, *, timeout: float) -> int | None:
+        """Where the next block starts once the kernel hands it over, waiting up to ``timeout``;
+        None if it did not."""
         block_start = self._block_index * self._geometry.block_bytes
         if not self._block_ready(block_start):
             self._poller.poll(max(0, int(timeout * 1000)))
             if not self._block_ready(block_start):
-                return []
+                return None
+        return block_start
+
+    def _release_block(self, block_start: int) -> None:
+        """Hand the block back to the kernel (its frames are copied out) and move to the next."""
+        struct.pack_into("=I", self._ring, block_start + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
+        self._block_index = (self._block_index + 1) % self._geometry.block_count
+
+    def next_frames(self, *, timeout: float) -> list[RecordTuple]:
+        ring = self._ring
+        block_start = self._next_block(timeout=timeout)
+        if block_start is None:
+            return []
         _, frame_count, offset = _BLOCK_HEADER.unpack_from(ring, block_start)
         offset += block_start
         first_offset = offset
@@ -259,9 +272,7 @@ class LiveSource:
                         self.copies_skipped += 1
                         continue
             append((seconds, nanoseconds, data, original_length, interface_index))
-        # Hand the block back to the kernel only once its frames are copied out.
-        struct.pack_into("=I", ring, block_start + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
-        self._block_index = (self._block_index + 1) % self._geometry.block_count
+        self._release_block(block_start)  # only once its frames are copied out
         self._quiet_interface = quiet
         if copy_filter is not None and quiet >= 0 and frames:
             self._keep_for_replay(frames, offset - first_offset)
@@ -283,17 +294,14 @@ class LiveSource:
             self._general_blocks_left -= 1
             return None
         ring = self._ring
-        block_bytes = self._geometry.block_bytes
-        block_start = self._block_index * block_bytes
-        if not self._block_ready(block_start):
-            self._poller.poll(max(0, int(timeout * 1000)))
-            if not self._block_ready(block_start):
-                return 0, 0
+        block_start = self._next_block(timeout=timeout)
+        if block_start is None:
+            return 0, 0
         _, frame_count, first_offset = _BLOCK_HEADER.unpack_from(ring, block_start)
         if frame_count > packet_room:
             return None
         copy_filter = self._copy_filter
-        buffer, position = writer.stage(room=block_bytes)
+        buffer, position = writer.stage(room=self._geometry.block_bytes)
         copied = copy_block_records(
             ring=ring,
             view=self._view,
@@ -315,8 +323,7 @@ class LiveSource:
             # One copy of the block (a memcpy), parsed only if a second interface ever shows up.
             raw = self._ring[block_start : copied.frames_end]
             self._keep_for_replay((raw, frame_count, first_offset), len(raw))
-        struct.pack_into("=I", ring, block_start + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
-        self._block_index = (self._block_index + 1) % self._geometry.block_count
+        self._release_block(block_start)
         return copied.packets, copied.packet_bytes
 
     def _keep_for_replay(self, frames: list[RecordTuple] | tuple[bytes, int, int], size: int) -> None:

@@ -97,9 +97,8 @@ def run_capture(
     reason: StopReason | None = None
     # The live source's fast path (frames straight into the writer's records) where nothing needs a
     # userspace check (kpcap_agent.ring_records); the general path below for everything else.
-    fast = accept is None and isinstance(source, BlockSource) and isinstance(writer, StagedRecordWriter)
-    block_source = source if fast and isinstance(source, BlockSource) else None
-    staged_writer = writer if fast and isinstance(writer, StagedRecordWriter) else None
+    block_source = source if accept is None and isinstance(source, BlockSource) else None
+    staged_writer = writer if isinstance(writer, StagedRecordWriter) else None
     while reason is None:
         if stop_event.is_set():
             reason = StopReason.STOPPED
